@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` and `make test`. Both create .venv and install the
+# package when it is missing or pyproject.toml changed (the stamp file caches the torch install).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+export PYTHONUNBUFFERED := 1
+
+.PHONY: demo test lint bench images compile clean-venv help
+
+help:
+	@echo "make demo   - run the active-learning pipeline locally on a generated SynthDrive set"
+	@echo "make test   - run the test suite"
+	@echo "make lint   - ruff"
+	@echo "make bench  - run the benchmarks (see benchmarks/README.md)"
+	@echo "make images - build the GPU and CPU container images (needs Docker)"
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/activedet demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check src tests pipelines components benchmarks
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean-venv:
+	rm -rf $(VENV)

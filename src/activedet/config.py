@@ -1,0 +1,72 @@
+"""Typed, frozen configuration objects.
+
+Every stage has a ``Config`` subclass of :class:`StageConfig` (a frozen pydantic model that
+rejects unknown keys). :func:`load_config` turns a mapping or YAML file into one, and converts
+validation failures into a one-line :class:`~activedet.errors.ConfigError` that lists the valid
+keys when a key is unknown.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from activedet.errors import ConfigError
+
+T = TypeVar("T", bound=BaseModel)
+
+
+class FrozenModel(BaseModel):
+    """Base for every config object: immutable, unknown keys rejected."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", protected_namespaces=())
+
+
+class StageConfig(FrozenModel):
+    """Base for stage configs. Stage inputs and outputs are URIs in the artifact store."""
+
+    mlflow_tracking_uri: str | None = None
+    mlflow_run_id: str | None = None
+
+
+def _format_error(cls: type[BaseModel], exc: ValidationError, where: str) -> str:
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"])
+    if err["type"] == "extra_forbidden":
+        model = cls
+        for part in err["loc"][:-1]:
+            field = model.model_fields.get(str(part)) if isinstance(part, str) else None
+            ann = getattr(field, "annotation", None)
+            if isinstance(ann, type) and issubclass(ann, BaseModel):
+                model = ann
+        valid = ", ".join(sorted(model.model_fields))
+        return f"{where}: unknown key '{loc}' (valid keys: {valid})"
+    more = f" (+{len(exc.errors()) - 1} more)" if len(exc.errors()) > 1 else ""
+    return f"{where}: '{loc}': {err['msg']}{more}"
+
+
+def load_config(cls: type[T], source: dict[str, Any] | str | Path | None = None, *, where: str | None = None, **overrides) -> T:
+    """Build a ``cls`` from a dict or YAML file plus keyword overrides; errors are one line."""
+    data: dict[str, Any] = {}
+    if isinstance(source, (str, Path)):
+        where = where or str(source)
+        path = Path(source)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
+        if not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data.update(loaded)
+    elif isinstance(source, dict):
+        data.update(source)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_error(cls, exc, where or cls.__name__)) from None

@@ -1,0 +1,1 @@
+"""Datasets: the on-store layout, importers/exporters and the SynthDrive generator."""

@@ -1,0 +1,1 @@
+"""Detectors: presets (a registry), checkpoints, inference and training."""

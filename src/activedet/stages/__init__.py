@@ -1,0 +1,36 @@
+"""Pipeline stages. One module per stage, each with a ``Config`` and a pure ``run(config)``.
+
+The CLI (``activedet stage NAME``), the container entrypoint and the KFP components are thin
+wrappers around ``run``. Inputs and outputs are URIs in the artifact store.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+
+from activedet.errors import ActivedetError
+
+#: stage name (CLI spelling) -> module under activedet.stages
+STAGES: dict[str, str] = {
+    "init": "init",
+    "train-teacher": "train_teacher",
+    "generate-pseudo-labels": "generate_pseudo_labels",
+    "train-student-ssl": "train_student_ssl",
+    "evaluate": "evaluate",
+    "score-unlabeled": "score_unlabeled",
+    "merge-scores": "merge_scores",
+    "select-batch": "select_batch",
+    "oracle": "oracle",
+    "ingest": "ingest",
+    "import-labels": "import_labels",
+    "promote": "promote",
+}
+
+
+def stage_module(name: str) -> ModuleType:
+    """The module implementing stage ``name``; unknown names list the valid ones."""
+    key = name.lower().replace("_", "-")
+    if key not in STAGES:
+        raise ActivedetError(f"unknown stage {name!r}; valid stages: {', '.join(STAGES)}")
+    return importlib.import_module(f"activedet.stages.{STAGES[key]}")
