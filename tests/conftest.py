@@ -50,3 +50,36 @@ def s3_bucket(s3_server, monkeypatch):
     boto3.client("s3", endpoint_url=s3_server).create_bucket(Bucket=name)
     yield f"s3://{name}"
     store._clients.clear()
+
+
+# --------------------------------------------------------------------------- SynthDrive datasets
+
+
+@pytest.fixture(scope="session")
+def synth_dataset(tmp_path_factory) -> str:
+    """URI of a small committed SynthDrive dataset (12 sequences x 5 frames, 128x256, seed 0).
+
+    Shared by the session: treat it as read-only.
+    """
+    from activedet.data.synth import generate_synthdrive
+
+    out = tmp_path_factory.mktemp("synthdrive") / "ds"
+    generate_synthdrive(str(out), sequences=12, frames=5, seed=0, height=128, width=256)
+    return str(out)
+
+
+@pytest.fixture
+def make_synth(tmp_path):
+    """Factory: ``make_synth(name="ds", **overrides) -> uri`` generates SynthDrive into tmp_path.
+
+    Defaults are small (6 sequences x 3 frames, seed 0); keyword overrides are SynthConfig fields.
+    """
+    from activedet.data.synth import generate_synthdrive
+
+    def make(name: str = "ds", **overrides) -> str:
+        settings = {"sequences": 6, "frames": 3, "seed": 0, **overrides}
+        out = tmp_path / name
+        generate_synthdrive(str(out), **settings)
+        return str(out)
+
+    return make

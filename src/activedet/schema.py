@@ -266,7 +266,8 @@ def _clip_to_images(table, images, coords, ids, clip, where):
         "y2": np.clip(y2, 0, h),
     }
     for c in BOX_COORDS:
-        table = table.set_column(table.schema.get_field_index(c), c, pa.array(new[c].astype(np.float32)))
+        idx = table.schema.get_field_index(c)  # keep the canonical field (not null) so tables concat
+        table = table.set_column(idx, table.schema.field(idx), pa.array(new[c].astype(np.float32)))
     return table, int(partly.sum())
 
 

@@ -1,7 +1,87 @@
-"""`activedet schedule` commands."""
+"""``activedet schedule``: scheduled retraining (continuous mode) as KFP recurring runs.
+
+``activedet schedule CONFIG --cron "0 2 * * *" --host URL`` compiles the continuous-mode pipeline
+for the experiment CONFIG and creates a recurring run (``max_concurrency=1``, no catch-up by
+default). Five-field cron expressions are converted to KFP's six fields (seconds first).
+``activedet schedule list --host URL`` and ``activedet schedule delete ID --host URL`` manage them.
+"""
 
 from __future__ import annotations
 
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+from activedet.errors import ConfigError
+from activedet.ops import schedule as ops
+from activedet.ops.cron import to_kfp_cron
+
+
+def default_compiler(config_path: str, out_dir: Path):
+    """Compile the continuous-mode pipeline for ``config_path`` (see pipelines/continuous.py)."""
+    from activedet.ops.continuous import compile_continuous
+
+    return compile_continuous(config_path, out_dir / "continuous.yaml")
+
+
+def create(args: argparse.Namespace, *, client=None, compiler=default_compiler) -> int:
+    """Handler of ``activedet schedule CONFIG``; ``client``/``compiler`` are injectable for tests."""
+    from activedet.pipeline.experiment import load_experiment
+
+    exp = load_experiment(args.config)  # validate first: bad input must not reach the compiler or server
+    to_kfp_cron(args.cron)
+    with tempfile.TemporaryDirectory(prefix="activedet-schedule-") as tmp:
+        package, params = compiler(args.config, Path(tmp))
+        request = ops.build_request(
+            name=args.name or f"{exp.name}-continuous",
+            cron=args.cron,
+            package_path=package,
+            params=params,
+            experiment=args.experiment,
+            max_concurrency=args.max_concurrency,
+            catchup=args.catchup,
+        )
+        client = client or ops.kfp_client(args.host)
+        run_id = ops.create_schedule(client, request)
+    sys.stdout.write(json.dumps({"recurring_run_id": run_id, "name": request.job_name, "cron": request.cron_expression}) + "\n")
+    return 0
+
+
+def list_(args: argparse.Namespace, *, client=None) -> int:
+    client = client or ops.kfp_client(args.host)
+    sys.stdout.write(json.dumps(ops.list_schedules(client), indent=2, default=str) + "\n")
+    return 0
+
+
+def delete(args: argparse.Namespace, *, client=None) -> int:
+    client = client or ops.kfp_client(args.host)
+    ops.delete_schedule(client, args.recurring_run_id)
+    return 0
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.config == "list":
+        return list_(args)
+    if args.config == "delete":
+        if not args.rest:
+            raise ConfigError("activedet schedule delete: the recurring run ID is required")
+        args.recurring_run_id = args.rest[0]
+        return delete(args)
+    return create(args)
+
 
 def register(sub) -> None:
-    """Add this group's commands to the top-level parser (filled in by its issue)."""
+    """``activedet schedule CONFIG|list|delete ID``."""
+    p = sub.add_parser("schedule", help="schedule continuous retraining on Kubeflow (recurring runs)", description=__doc__,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("config", metavar="CONFIG|list|delete", help="experiment config YAML to schedule, or 'list' / 'delete ID'")
+    p.add_argument("rest", nargs="*", metavar="ID", help="recurring run id (for delete)")
+    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")
+    p.add_argument("--cron", default="0 2 * * *", help="cron expression, 5 fields (converted) or 6 (KFP, seconds first); default: %(default)s")
+    p.add_argument("--name", help="recurring run name (default: <experiment name>-continuous)")
+    p.add_argument("--experiment", help="KFP experiment (default: the recurring run name)")
+    p.add_argument("--max-concurrency", type=int, default=1, help="concurrent runs allowed (default: %(default)s)")
+    p.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no catch-up)")
+    p.set_defaults(func=_dispatch)

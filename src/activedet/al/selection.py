@@ -1,0 +1,312 @@
+"""Batch selection strategies (registry ``STRATEGIES``, kind "selection strategy").
+
+A strategy receives a :class:`SelectionInput` -- the pool (unlabeled image ids, sorted), the
+budget, a seed, the per-image scores aligned to the pool, the dataset's images table and the
+embeddings of the labeled (and pending) images -- and returns the chosen ids in rank order with
+the score each was chosen by. :func:`select` wraps every strategy with the shared rules:
+
+* only pool images can come out, each at most once (checked, not trusted);
+* an empty pool gives an empty selection (the select-batch stage reports ``exhausted``, so a
+  pipeline loop can stop gracefully instead of failing);
+* a budget larger than the pool selects the whole pool (logged), still in strategy rank order;
+* everything random draws from ``numpy.random.default_rng(seed)``: same inputs, same batch.
+
+Score columns: higher means more informative. NaN scores rank last (logged).
+
+Strategies:
+
+``random``         seeded random sample.
+``uniform``        every n-th frame of each sequence (Mittal's time-based baseline): within a
+                   sequence the *pool* frames are ordered by ``frame_index`` and positions
+                   0, n, 2n, ... are candidates (images without a sequence are one-frame sequences).
+                   ``uniform_n`` unset: n = max(1, pool // budget), which yields >= budget
+                   candidates; surplus candidates are thinned evenly in (sequence, frame) order,
+                   and too few (explicit n) are topped up evenly from the other pool frames.
+``topk``           the ``budget`` highest values of ``score``.
+``coreset``        k-center greedy over ``embedding`` with labeled + pending images as initial
+                   centers (:func:`activedet.al.coreset.k_center_greedy`); rank = pick order,
+                   score = distance to the nearest center when picked.
+``uniform_topk``   ``uniform`` candidates (n = ``uniform_n``, default 5) then ``topk`` among them
+                   (Mittal's Uniform@5 + Entropy); too few candidates: topped up by score.
+``prefilter_coreset``  the top ``prefilter_factor * budget`` by ``score``, then k-center among them
+                   (diversity among the uncertain).
+``unified``        Elezi's combined score: the top ``unified_factor * budget`` by ``entropy``,
+                   ranked by ``inconsistency`` (score = inconsistency).
+``class_balanced`` equal quotas per predicted class: classes (from ``pred_classes``) take turns,
+                   rarest in the pool first, each taking its highest-``score`` image not yet
+                   taken; when every class list is exhausted, the rest is filled by ``score``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import pyarrow as pa
+
+from activedet.al.coreset import k_center_greedy
+from activedet.errors import ActivedetError
+from activedet.registry import Registry
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SelectionParams:
+    """Strategy options (see the module docstring for who uses which)."""
+
+    score: str = "entropy"
+    uniform_n: int | None = None
+    prefilter_factor: float = 3.0
+    unified_factor: float = 2.0
+    device: str = "auto"
+
+
+@dataclass(frozen=True)
+class SelectionInput:
+    """What a strategy sees. ``scores`` rows may cover more than the pool (e.g. labeled images
+    with embeddings); lookups go by image_id."""
+
+    pool: list[str]
+    budget: int
+    seed: int = 0
+    scores: pa.Table | None = None
+    images: pa.Table | None = None
+    labeled: list[str] = field(default_factory=list)
+    params: SelectionParams = field(default_factory=SelectionParams)
+
+    def _rows(self, ids: list[str], what: str) -> np.ndarray:
+        if self.scores is None:
+            raise ActivedetError(f"selection needs a scores table ({what}); pass scores_uri")
+        index = {iid: k for k, iid in enumerate(self.scores.column("image_id").to_pylist())}
+        rows = np.array([index.get(i, -1) for i in ids], np.int64)
+        if (rows < 0).any():
+            missing = [i for i, r in zip(ids, rows) if r < 0]
+            raise ActivedetError(f"scores table has no row for {len(missing)} image(s) ({what}), e.g. {missing[0]!r}")
+        return rows
+
+    def column(self, name: str, ids: list[str] | None = None) -> np.ndarray:
+        """Float64 values of score column ``name`` for ``ids`` (default: the pool)."""
+        ids = self.pool if ids is None else ids
+        if self.scores is None or name not in self.scores.column_names:
+            have = [] if self.scores is None else [c for c in self.scores.column_names if c not in ("image_id", "embedding", "pred_classes")]
+            raise ActivedetError(f"selection needs score column {name!r}; the scores table has {have}")
+        rows = self._rows(ids, f"column {name!r}")
+        values = self.scores.column(name).to_numpy(zero_copy_only=False).astype(np.float64)
+        return values[rows] if len(rows) else np.empty(0)
+
+    def embeddings(self, ids: list[str]) -> np.ndarray:
+        """``[len(ids), d]`` float32 embeddings from the scores table."""
+        if self.scores is None or "embedding" not in self.scores.column_names:
+            raise ActivedetError("selection needs embeddings: score with 'embedding' in scores (and include_labeled for core-set)")
+        col = self.scores.column("embedding").combine_chunks()
+        dim = col.type.list_size
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+        rows = self._rows(ids, "embedding")
+        return flat[rows] if len(rows) else np.empty((0, dim), np.float32)
+
+    def pred_classes(self, ids: list[str]) -> list[list[int]]:
+        if self.scores is None or "pred_classes" not in self.scores.column_names:
+            raise ActivedetError("selection needs column 'pred_classes' in the scores table")
+        rows = self._rows(ids, "pred_classes")
+        col = self.scores.column("pred_classes").to_pylist()
+        return [col[r] or [] for r in rows]
+
+
+@dataclass(frozen=True)
+class Picked:
+    """A strategy's answer: ids in rank order and the score each was picked by (None: none)."""
+
+    ids: list[str]
+    scores: list[float | None]
+
+
+Strategy = Callable[[SelectionInput], Picked]
+STRATEGIES: Registry[Strategy] = Registry("selection strategy")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def rank_desc(values: np.ndarray) -> np.ndarray:
+    """Indices sorting ``values`` high to low; NaN last; ties by index (pool order)."""
+    v = np.where(np.isnan(values), -np.inf, values)
+    return np.lexsort((np.arange(len(v)), -v))
+
+
+def _nan_note(values: np.ndarray, name: str) -> None:
+    bad = int(np.isnan(values).sum())
+    if bad:
+        log.warning("score %r is NaN for %d pool image(s): they rank last", name, bad)
+
+
+def _topk(inp: SelectionInput, ids: list[str], name: str, k: int) -> Picked:
+    values = inp.column(name, ids)
+    _nan_note(values, name)
+    order = rank_desc(values)[:k]
+    return Picked([ids[i] for i in order], [float(values[i]) for i in order])
+
+
+def uniform_candidates(pool: list[str], images: pa.Table | None, n: int) -> list[str]:
+    """Every n-th pool frame of each sequence, in (sequence, frame_index) order."""
+    if images is None:
+        raise ActivedetError("uniform selection needs the dataset's images table (sequence_id, frame_index)")
+    info = {
+        iid: (seq, fr)
+        for iid, seq, fr in zip(
+            images.column("image_id").to_pylist(),
+            images.column("sequence_id").to_pylist(),
+            images.column("frame_index").to_pylist(),
+        )
+    }
+    by_seq: dict[str, list[tuple[int, str]]] = {}
+    for iid in pool:
+        seq, fr = info.get(iid, (None, None))
+        key = seq if seq is not None else f"\x00{iid}"  # no sequence: a sequence of its own
+        by_seq.setdefault(key, []).append((fr if fr is not None else 0, iid))
+    out: list[str] = []
+    for key in sorted(by_seq):
+        frames = sorted(by_seq[key])
+        out.extend(iid for pos, (_, iid) in enumerate(frames) if pos % n == 0)
+    return out
+
+
+def _even_subset(items: list[str], k: int) -> list[str]:
+    if k >= len(items):
+        return list(items)
+    idx = np.floor(np.arange(k) * len(items) / k).astype(np.int64)
+    return [items[i] for i in idx]
+
+
+def _coreset(inp: SelectionInput, candidates: list[str], k: int) -> Picked:
+    cand = inp.embeddings(candidates)
+    centers = inp.embeddings(inp.labeled) if inp.labeled else None
+    res = k_center_greedy(cand, k, centers=centers, seed=inp.seed, device=inp.params.device)
+    log.info("core-set: %d picked from %d candidates, %d initial centers; covering radius %.4f",
+             len(res.indices), len(candidates), 0 if centers is None else len(centers), res.radius)
+    return Picked([candidates[i] for i in res.indices], [None if not np.isfinite(d) else float(d) for d in res.pick_distances])
+
+
+# --------------------------------------------------------------------------- strategies
+
+
+@STRATEGIES.register("random")
+def random_strategy(inp: SelectionInput) -> Picked:
+    order = np.random.default_rng(inp.seed).permutation(len(inp.pool))[: inp.budget]
+    return Picked([inp.pool[i] for i in order], [None] * len(order))
+
+
+@STRATEGIES.register("uniform")
+def uniform_strategy(inp: SelectionInput) -> Picked:
+    n = inp.params.uniform_n or max(1, len(inp.pool) // max(inp.budget, 1))
+    cands = uniform_candidates(inp.pool, inp.images, n)
+    chosen = _even_subset(cands, inp.budget)
+    if len(chosen) < inp.budget:
+        log.warning("uniform: every %d-th frame gives %d candidate(s) < budget %d: filling evenly from the rest",
+                    n, len(cands), inp.budget)
+        taken = set(chosen)
+        chosen += _even_subset([i for i in inp.pool if i not in taken], inp.budget - len(chosen))
+    return Picked(chosen, [None] * len(chosen))
+
+
+@STRATEGIES.register("topk")
+def topk_strategy(inp: SelectionInput) -> Picked:
+    return _topk(inp, inp.pool, inp.params.score, inp.budget)
+
+
+@STRATEGIES.register("coreset")
+def coreset_strategy(inp: SelectionInput) -> Picked:
+    return _coreset(inp, inp.pool, inp.budget)
+
+
+@STRATEGIES.register("uniform_topk")
+def uniform_topk_strategy(inp: SelectionInput) -> Picked:
+    n = inp.params.uniform_n or 5
+    cands = uniform_candidates(inp.pool, inp.images, n)
+    picked = _topk(inp, cands, inp.params.score, inp.budget)
+    if len(picked.ids) < inp.budget:
+        log.warning("uniform_topk: every %d-th frame gives %d candidate(s) < budget %d: filling by score from the rest",
+                    n, len(cands), inp.budget)
+        taken = set(picked.ids)
+        rest = _topk(inp, [i for i in inp.pool if i not in taken], inp.params.score, inp.budget - len(picked.ids))
+        picked = Picked(picked.ids + rest.ids, picked.scores + rest.scores)
+    return picked
+
+
+@STRATEGIES.register("prefilter_coreset")
+def prefilter_coreset_strategy(inp: SelectionInput) -> Picked:
+    m = max(inp.budget, int(np.ceil(inp.params.prefilter_factor * inp.budget)))
+    top = _topk(inp, inp.pool, inp.params.score, m).ids
+    return _coreset(inp, top, inp.budget)
+
+
+@STRATEGIES.register("unified")
+def unified_strategy(inp: SelectionInput) -> Picked:
+    m = max(inp.budget, int(np.ceil(inp.params.unified_factor * inp.budget)))
+    top = _topk(inp, inp.pool, "entropy", m).ids
+    return _topk(inp, top, "inconsistency", inp.budget)
+
+
+@STRATEGIES.register("class_balanced")
+def class_balanced_strategy(inp: SelectionInput) -> Picked:
+    values = inp.column(inp.params.score)
+    _nan_note(values, inp.params.score)
+    order = rank_desc(values)
+    classes = inp.pred_classes(inp.pool)
+    queues: dict[int, list[int]] = {}
+    for i in order:  # each class's images, best score first
+        for c in set(classes[i]):
+            queues.setdefault(int(c), []).append(int(i))
+    turn = sorted(queues, key=lambda c: (len(queues[c]), c))  # rarest class first
+    taken: list[int] = []
+    seen: set[int] = set()
+    heads = {c: 0 for c in turn}
+    while len(taken) < inp.budget and turn:
+        still = []
+        for c in turn:
+            q = queues[c]
+            while heads[c] < len(q) and q[heads[c]] in seen:
+                heads[c] += 1
+            if heads[c] < len(q) and len(taken) < inp.budget:
+                taken.append(q[heads[c]])
+                seen.add(q[heads[c]])
+                heads[c] += 1
+            if heads[c] < len(q):
+                still.append(c)
+        turn = still
+    for i in order:  # images without predicted classes fill what quotas could not
+        if len(taken) >= inp.budget:
+            break
+        if int(i) not in seen:
+            taken.append(int(i))
+            seen.add(int(i))
+    return Picked([inp.pool[i] for i in taken], [float(values[i]) for i in taken])
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def select(strategy: str, inp: SelectionInput) -> Picked:
+    """Run ``strategy`` with the shared rules (pool only, no duplicates, budget capping)."""
+    fn = STRATEGIES.get(strategy)
+    if inp.budget < 0:
+        raise ActivedetError(f"selection budget must be >= 0, got {inp.budget}")
+    if not inp.pool:
+        log.warning("selection: the pool is empty; nothing to select")
+        return Picked([], [])
+    budget = inp.budget
+    if budget > len(inp.pool):
+        log.warning("selection: budget %d exceeds the pool (%d images): selecting the whole pool", budget, len(inp.pool))
+        budget = len(inp.pool)
+    if len(set(inp.pool)) != len(inp.pool):
+        raise ActivedetError("selection: the pool has duplicate image ids")
+    inp = SelectionInput(inp.pool, budget, inp.seed, inp.scores, inp.images, inp.labeled, inp.params)
+    picked = fn(inp) if budget else Picked([], [])
+    pool = set(inp.pool)
+    outside = [i for i in picked.ids if i not in pool]
+    if outside or len(set(picked.ids)) != len(picked.ids) or len(picked.ids) > budget:
+        # a strategy bug, not a user error: keep the traceback
+        raise RuntimeError(f"strategy {strategy!r} returned {len(picked.ids)} ids ({len(outside)} outside the pool) for budget {budget}")
+    return picked

@@ -1,0 +1,272 @@
+"""A short detectron2-style training loop, shared by the teacher and the SSL student.
+
+:class:`Trainer` pulls ``(images, targets)`` batches from any iterator, computes a loss dict with
+a pluggable ``loss_fn(model, images, targets) -> dict[str, Tensor]`` (default: the model's own
+losses), and steps SGD with linear warmup and step decay (x0.1 at 2/3 and 8/9 of the schedule,
+METHODS.md section 1). Mixed precision on CUDA. Hooks get ``before_train(trainer)``,
+``after_step(trainer, iteration, losses)`` and ``after_train(trainer)``.
+
+:class:`ResumeCheckpointer` is the hook that writes periodic checkpoints under an output's
+``_resume/`` folder and restores the latest one, so a killed run re-run with the same output
+continues from its last checkpoint iteration.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from torch import Tensor, nn
+
+from activedet import store
+from activedet.errors import ActivedetError
+from activedet.models.checkpoint import Detector, load_weights, upload_checkpoint
+from activedet.progress import Progress
+from activedet.tracking import NullTracker
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[list[Tensor], list[dict]]
+LossFn = Callable[[nn.Module, list[Tensor], list[dict]], dict[str, Tensor]]
+
+
+class TrainingDivergedError(ActivedetError):
+    """The loss became NaN or infinite."""
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def model_losses(model: nn.Module, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+    """The default loss: torchvision's detection losses (with per-box weights, see roi_heads)."""
+    return model(images, targets)
+
+
+def lr_factor(iteration: int, *, iterations: int, warmup_iters: int, warmup_factor: float = 0.001,
+              decay_at: tuple[float, ...] = (2 / 3, 8 / 9), gamma: float = 0.1) -> float:
+    """Multiplier of the base lr at ``iteration`` (linear warmup, then step decay)."""
+    f = gamma ** sum(iteration >= int(round(d * iterations)) for d in decay_at)
+    if iteration < warmup_iters:
+        alpha = iteration / max(warmup_iters, 1)
+        f *= warmup_factor * (1 - alpha) + alpha
+    return f
+
+
+def _to_device(images: list[Tensor], targets: list[dict], device: torch.device) -> Batch:
+    images = [im.to(device, non_blocking=True) for im in images]
+    targets = [{k: (v.to(device, non_blocking=True) if isinstance(v, Tensor) else v) for k, v in t.items()} for t in targets]
+    return images, targets
+
+
+@dataclass
+class TrainResult:
+    """What a training run did (JSON-friendly)."""
+
+    iterations: int
+    start_iteration: int
+    final_loss: float
+    it_per_s: float
+    loss_history: list[tuple[int, float]] = field(default_factory=list)
+
+
+class Trainer:
+    """SGD training of a detection model on an iterator of batches.
+
+    ``lr`` is the base learning rate; ``warmup_iters`` ramps it linearly from
+    ``lr * warmup_factor``; it is multiplied by ``gamma`` at each fraction in ``decay_at`` of
+    ``iterations``. ``start_iter`` > 0 continues a schedule (after :meth:`load_optimizer_state`).
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        batches: Iterable[Batch],
+        *,
+        iterations: int,
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 1e-4,
+        warmup_iters: int = 100,
+        warmup_factor: float = 0.001,
+        decay_at: tuple[float, ...] = (2 / 3, 8 / 9),
+        gamma: float = 0.1,
+        device: str | torch.device = "cpu",
+        amp: bool = True,
+        grad_clip: float | None = 10.0,
+        loss_fn: LossFn = model_losses,
+        hooks: Iterable[object] = (),
+        tracker: NullTracker | None = None,
+        log_every: int = 20,
+        start_iter: int = 0,
+        desc: str = "train",
+    ):
+        self.model = model
+        self.batches: Iterator[Batch] = iter(batches)
+        self.iterations, self.start_iter = iterations, start_iter
+        self.lr, self.warmup_iters, self.warmup_factor = lr, warmup_iters, warmup_factor
+        self.decay_at, self.gamma = tuple(decay_at), gamma
+        self.device = torch.device(device)
+        self.amp = amp and self.device.type == "cuda"
+        self.grad_clip = grad_clip
+        self.loss_fn = loss_fn
+        self.hooks = list(hooks)
+        self.tracker = tracker or NullTracker()
+        self.log_every, self.desc = log_every, desc
+        params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay)
+        self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+        self.iteration = start_iter
+        self.last_losses: dict[str, float] = {}
+        self.loss_history: list[tuple[int, float]] = []
+
+    # ------------------------------------------------------------------ optimizer state (resume)
+
+    def optimizer_state_tensors(self) -> dict[str, Tensor]:
+        """Momentum buffers as plain tensors (safetensors-friendly)."""
+        out = {}
+        for i, p in enumerate(self.optimizer.param_groups[0]["params"]):
+            buf = self.optimizer.state.get(p, {}).get("momentum_buffer")
+            if buf is not None:
+                out[f"momentum.{i}"] = buf.detach().to("cpu").contiguous().clone()
+        return out
+
+    def load_optimizer_state(self, tensors: dict[str, Tensor]) -> None:
+        params = self.optimizer.param_groups[0]["params"]
+        for key, value in tensors.items():
+            i = int(key.split(".", 1)[1])
+            if i >= len(params) or params[i].shape != value.shape:
+                raise ActivedetError(f"resume state does not fit the model (momentum buffer {i})")
+            self.optimizer.state[params[i]]["momentum_buffer"] = value.to(params[i].device)
+
+    # ------------------------------------------------------------------ loop
+
+    def _set_lr(self, iteration: int) -> float:
+        lr = self.lr * lr_factor(
+            iteration, iterations=self.iterations, warmup_iters=self.warmup_iters,
+            warmup_factor=self.warmup_factor, decay_at=self.decay_at, gamma=self.gamma,
+        )
+        for g in self.optimizer.param_groups:
+            g["lr"] = lr
+        return lr
+
+    def step(self, images: list[Tensor], targets: list[dict]) -> dict[str, float]:
+        """One optimisation step on one batch; returns the float losses (and ``loss``)."""
+        self.model.train()
+        images, targets = _to_device(images, targets, self.device)
+        with torch.autocast(self.device.type, enabled=self.amp):
+            losses = self.loss_fn(self.model, images, targets)
+        total = sum(losses.values())
+        if not torch.isfinite(total):
+            raise TrainingDivergedError(
+                f"{self.desc}: loss is not finite at iteration {self.iteration} "
+                f"({ {k: float(v) for k, v in losses.items()} }); lower the learning rate"
+            )
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["loss"] = float(total.detach())
+        return out
+
+    def train(self) -> TrainResult:
+        """Run from ``start_iter`` to ``iterations``."""
+        for h in self.hooks:
+            getattr(h, "before_train", lambda t: None)(self)
+        ema = None
+        with Progress(self.iterations, self.desc, initial=self.start_iter) as bar:
+            while self.iteration < self.iterations:
+                lr = self._set_lr(self.iteration)
+                try:
+                    images, targets = next(self.batches)
+                except StopIteration:
+                    raise ActivedetError(f"{self.desc}: batch source ended at iteration {self.iteration}") from None
+                losses = self.step(images, targets)
+                self.iteration += 1
+                ema = losses["loss"] if ema is None else 0.9 * ema + 0.1 * losses["loss"]
+                self.last_losses = losses
+                if self.iteration % self.log_every == 0 or self.iteration == self.iterations:
+                    self.loss_history.append((self.iteration, ema))
+                    self.tracker.log_metrics({**{f"train/{k}": v for k, v in losses.items()}, "train/lr": lr}, step=self.iteration)
+                bar.update(1, loss=ema, lr=lr)
+                for h in self.hooks:
+                    getattr(h, "after_step", lambda *a: None)(self, self.iteration, losses)
+            rate = bar.rate
+        for h in self.hooks:
+            getattr(h, "after_train", lambda t: None)(self)
+        final = ema if ema is not None else math.nan
+        return TrainResult(self.iterations, self.start_iter, float(final), float(rate), list(self.loss_history))
+
+
+# ---------------------------------------------------------------------- resume checkpoints
+
+
+class ResumeCheckpointer:
+    """Periodic checkpoints under ``<output>/_resume/`` and restoring the latest one.
+
+    Layout: ``_resume/iter_0000200/{model.safetensors, meta.json, optim.safetensors}`` and
+    ``_resume/latest.json`` (written last: a checkpoint exists once it names it). ``fingerprint``
+    identifies the run's settings; a resume state with another fingerprint is ignored.
+    """
+
+    def __init__(self, output_uri: str, detector: Detector, *, every: int, fingerprint: str):
+        self.root = store.join(output_uri, store.RESUME_DIR)
+        self.detector, self.every, self.fingerprint = detector, every, fingerprint
+
+    def latest(self) -> dict | None:
+        uri = store.join(self.root, "latest.json")
+        if not store.exists(uri):
+            return None
+        state = store.read_json(uri)
+        if state.get("fingerprint") != self.fingerprint:
+            log.warning("ignoring resume state at %s: it was written by a run with other settings", self.root)
+            return None
+        return state
+
+    def restore(self) -> tuple[int, dict[str, Tensor]]:
+        """Load the latest checkpoint into the detector; returns (iteration, optimizer tensors)."""
+        state = self.latest()
+        if state is None:
+            return 0, {}
+        folder = store.join(self.root, state["folder"])
+        load_weights(self.detector, folder)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = store.download(store.join(folder, "optim.safetensors"), Path(tmp) / "optim.safetensors")
+            optim = load_file(str(path))
+        log.info("resuming from %s at iteration %d", folder, state["iteration"])
+        return int(state["iteration"]), optim
+
+    def save(self, trainer: Trainer) -> str:
+        it = trainer.iteration
+        name = f"iter_{it:07d}"
+        folder = store.join(self.root, name)
+        upload_checkpoint(self.detector, folder, iteration=it, losses=trainer.last_losses)
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "optim.safetensors"
+            save_file(trainer.optimizer_state_tensors(), str(path))
+            store.upload(path, store.join(folder, "optim.safetensors"))
+        previous = self.latest()
+        store.write_json(store.join(self.root, "latest.json"), {"iteration": it, "folder": name, "fingerprint": self.fingerprint})
+        if previous and previous["folder"] != name:
+            store.delete_prefix(store.join(self.root, previous["folder"]))
+        log.info("checkpoint at iteration %d -> %s", it, folder)
+        return folder
+
+    def after_step(self, trainer: Trainer, iteration: int, losses: dict) -> None:
+        if self.every > 0 and iteration % self.every == 0 and iteration < trainer.iterations:
+            self.save(trainer)

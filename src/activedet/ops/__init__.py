@@ -1,0 +1,1 @@
+"""Production operations: cron schedules, persistent state between scheduled runs, KFP recurring runs."""

@@ -1,0 +1,105 @@
+"""The continuous-mode KFP pipeline: one scheduled run = one cycle on persistent state.
+
+Continuous-only steps (begin, ingest, import-labels, promote, finish) are components defined
+here around :mod:`activedet.ops.continuous`; the shared stages reuse the active-learning
+pipeline's components (:func:`activedet.pipeline.components.make_components`) with cycle 0 of
+the cycle's run root, and the same cluster settings (:func:`activedet.pipeline.dag._configure`).
+``max_concurrency=1`` on the recurring run keeps scheduled runs from overlapping; if two overlap
+anyway (a manual run), the state commit refuses the loser.
+"""
+
+# No "from __future__ import annotations": KFP reads the component functions' real annotations.
+import json
+from types import SimpleNamespace
+
+from kfp import dsl
+
+from activedet import images
+from activedet.pipeline.components import make_components
+from activedet.pipeline.dag import _configure
+from activedet.pipeline.experiment import ExperimentConfig
+
+
+def begin(experiment: str, state_root: str) -> str:
+    """Read the persistent state (bootstrap on the first run); returns the cycle's run root."""
+    from activedet.ops import continuous
+
+    return continuous.begin(experiment, state_root)
+
+
+def ingest(experiment: str, run_root: str, source_uri: str) -> str:
+    """activedet.stages.ingest: register newly arrived images."""
+    from activedet.ops import continuous
+
+    return continuous.ingest_step(experiment, run_root, source_uri)
+
+
+def import_labels(experiment: str, run_root: str, state_root: str, returns_uri: str, ingest_result: str) -> str:
+    """activedet.stages.import_labels: merge returned labels; returns the cycle's experiment JSON."""
+    from activedet.ops import continuous
+
+    return continuous.import_labels_step(experiment, run_root, state_root, returns_uri)
+
+
+def promote(experiment: str, run_root: str, state_root: str, eval_result: str) -> str:
+    """activedet.stages.promote: move the champion alias only on improvement."""
+    from activedet.ops import continuous
+
+    return continuous.promote_step(experiment, run_root, state_root)
+
+
+def finish(experiment: str, run_root: str, state_root: str, promote_result: str, select_result: str) -> str:
+    """Export the batch for labeling and commit the state (loses cleanly to an overlapping run)."""
+    from activedet.ops import continuous
+
+    return continuous.finish_step(experiment, run_root, state_root, promote_result)
+
+
+#: continuous-only component function -> image kind
+KINDS = {begin: "cpu", ingest: "cpu", import_labels: "cpu", promote: "cpu", finish: "cpu"}
+
+
+def make_ops_components(registry: str | None = None) -> SimpleNamespace:
+    """KFP components of the continuous-only steps, bound to the CPU image."""
+    cpu = images.cpu_image(registry)
+    return SimpleNamespace(**{f.__name__: dsl.component(func=f, base_image=cpu, install_kfp_package=False) for f in KINDS})
+
+
+def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
+    """The continuous-mode pipeline for ``exp`` (parameters: experiment, state_root, source_uri, returns_uri)."""
+    from activedet.ops.continuous import pipeline_params
+
+    c, o = make_components(exp.kubernetes.image_registry), make_ops_components(exp.kubernetes.image_registry)
+    defaults = pipeline_params(exp)
+    shards = list(range(exp.acquisition.shards))
+    budget = json.dumps({"budget": exp.budget})
+
+    def conf(task):
+        return _configure(task, exp, platform)
+
+    @dsl.pipeline(name=f"{exp.name}-continuous", description="activedet continuous mode: one cycle on persistent state")
+    def continuous(
+        experiment: str = defaults["experiment"],
+        state_root: str = defaults["state_root"],
+        source_uri: str = defaults["source_uri"],
+        returns_uri: str = defaults["returns_uri"],
+    ):
+        b = conf(o.begin(experiment=experiment, state_root=state_root))
+        ing = conf(o.ingest(experiment=experiment, run_root=b.output, source_uri=source_uri))
+        imp = conf(o.import_labels(experiment=experiment, run_root=b.output, state_root=state_root, returns_uri=returns_uri,
+                                   ingest_result=ing.output))
+        common = {"experiment": imp.output, "run_root": b.output, "cycle": 0, "cycle_run_id": ""}
+        last = teacher = conf(c.train_teacher(**common))
+        if exp.ssl.enabled:
+            pseudo = conf(c.generate_pseudo_labels(**common).after(teacher))
+            last = conf(c.train_student_ssl(**common).after(pseudo))
+        ev = conf(c.evaluate(**common).after(last))
+        promo = conf(o.promote(experiment=imp.output, run_root=b.output, state_root=state_root, eval_result=ev.output))
+        with dsl.ParallelFor(shards, name="score-shards") as shard:
+            score = conf(c.score_unlabeled(shard=shard, **common).after(promo))
+        merge = conf(c.merge_scores(shard_results=dsl.Collected(score.output), **common))
+        select = conf(c.select_batch(finish_result=budget, **common).after(merge))
+        conf(o.finish(experiment=imp.output, run_root=b.output, state_root=state_root, promote_result=promo.output,
+                      select_result=select.output))
+
+    return continuous

@@ -1,0 +1,155 @@
+"""KFP lightweight components: one per pipeline step, each a thin call into activedet.
+
+Each function below is the body of one component. KFP ships the function's source to the
+container and runs it there, so every import sits inside the function; the images carry the
+package (``install_kfp_package=False``, no ``packages_to_install``). Components pass the
+experiment JSON, the run root URI, the cycle number and small JSON results, never big artifacts:
+stages find their inputs and outputs through :class:`activedet.pipeline.layout.RunLayout`.
+
+:func:`make_components` binds the functions to images (GPU image for training and scoring,
+CPU image for the rest) from :mod:`activedet.images`.
+"""
+
+# No "from __future__ import annotations": KFP reads the real annotation objects.
+from types import SimpleNamespace
+
+from kfp import dsl
+
+from activedet import images
+
+
+def start_run(experiment: str, run_root: str) -> str:
+    """Prepare the dataset and create the MLflow parent run; returns its id."""
+    from activedet.pipeline import steps
+
+    return steps.start_run(experiment, run_root)
+
+
+def start_cycle(experiment: str, run_root: str, cycle: int, parent_run_id: str) -> str:
+    """Create the cycle's MLflow child run; returns its id."""
+    from activedet.pipeline import steps
+
+    return steps.start_cycle(experiment, run_root, cycle, parent_run_id)
+
+
+def init(experiment: str, run_root: str) -> str:
+    """activedet.stages.init: the random initial labeled set of size I."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("init", experiment, run_root, 0)
+
+
+def train_teacher(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
+    """activedet.stages.train_teacher on the cycle's labeled images."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("train-teacher", experiment, run_root, cycle, cycle_run_id)
+
+
+def generate_pseudo_labels(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
+    """activedet.stages.generate_pseudo_labels: the teacher labels the unlabeled pool."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("generate-pseudo-labels", experiment, run_root, cycle, cycle_run_id)
+
+
+def train_student_ssl(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
+    """activedet.stages.train_student_ssl: the student on labeled + pseudo-labeled images."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("train-student-ssl", experiment, run_root, cycle, cycle_run_id)
+
+
+def evaluate(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
+    """activedet.stages.evaluate: COCO AP of the cycle's model on the val split."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("evaluate", experiment, run_root, cycle, cycle_run_id)
+
+
+def finish_cycle(
+    experiment: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_result: str, pseudo_result: str
+) -> str:
+    """Summary row, MLflow metrics/artifacts and the stop decision of one cycle."""
+    from activedet.pipeline import steps
+
+    return steps.finish_cycle(experiment, run_root, cycle, parent_run_id, cycle_run_id, eval_result, pseudo_result)
+
+
+def cycle_gate(finish_result: str) -> bool:
+    """True when the next cycle should run."""
+    import json
+
+    return bool(json.loads(finish_result)["continue"])
+
+
+def score_unlabeled(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard: int) -> str:
+    """activedet.stages.score_unlabeled on one shard of the pool."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("score-unlabeled", experiment, run_root, cycle, cycle_run_id, shard=shard)
+
+
+def merge_scores(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard_results: list) -> str:
+    """activedet.stages.merge_scores: the shards' tables into one (shard results only order the DAG)."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("merge-scores", experiment, run_root, cycle, cycle_run_id)
+
+
+def select_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str, finish_result: str) -> str:
+    """activedet.stages.select_batch: the next batch (size from the cycle summary's budget)."""
+    import json
+
+    from activedet.pipeline import steps
+
+    budget = int(json.loads(finish_result)["budget"])
+    return steps.run_stage("select-batch", experiment, run_root, cycle, cycle_run_id, budget=budget)
+
+
+def label_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
+    """activedet.stages.oracle: reveal the selected images' ground truth (simulation)."""
+    from activedet.pipeline import steps
+
+    return steps.run_stage("oracle", experiment, run_root, cycle, cycle_run_id)
+
+
+def finish_run(experiment: str, run_root: str, status: dsl.PipelineTaskFinalStatus) -> str:
+    """Exit handler: budget curve and summary, parent MLflow run closed with the run's state."""
+    from activedet.pipeline import steps
+
+    return steps.finish_run(experiment, run_root, status.state)
+
+
+#: component function -> "gpu" or "cpu" image
+KINDS = {
+    start_run: "cpu",
+    start_cycle: "cpu",
+    init: "cpu",
+    train_teacher: "gpu",
+    generate_pseudo_labels: "gpu",
+    train_student_ssl: "gpu",
+    evaluate: "gpu",
+    finish_cycle: "cpu",
+    cycle_gate: "cpu",
+    score_unlabeled: "gpu",
+    merge_scores: "cpu",
+    select_batch: "cpu",
+    label_batch: "cpu",
+    finish_run: "cpu",
+}
+
+
+def make_components(registry: str | None = None) -> SimpleNamespace:
+    """KFP components for every step, bound to the activedet images of ``registry``."""
+    gpu, cpu = images.gpu_image(registry), images.cpu_image(registry)
+    out = {}
+    for func, kind in KINDS.items():
+        out[func.__name__] = dsl.component(func=func, base_image=gpu if kind == "gpu" else cpu, install_kfp_package=False)
+    return SimpleNamespace(**out)
+
+
+def is_gpu(component_name: str) -> bool:
+    """Whether the component of that name (``train_teacher`` or ``train-teacher``) runs on a GPU node."""
+    key = component_name.replace("-", "_")
+    return any(f.__name__ == key and kind == "gpu" for f, kind in KINDS.items())

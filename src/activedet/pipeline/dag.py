@@ -1,0 +1,120 @@
+"""The active-learning DAG: one pipeline function for kfp.local and for Kubeflow Pipelines.
+
+KFP v2 has no recursion, so the cycles are unrolled at compile time::
+
+    start-run -> init -> cycle 0 -> [If continue] -> cycle 1 -> [If continue] -> ...
+
+    cycle k:  start-cycle -> train-teacher -> generate-pseudo-labels -> train-student-ssl
+              -> evaluate -> finish-cycle -> cycle-gate
+    then, inside ``dsl.If(cycle-gate == True)``:
+              score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (dsl.Collected)
+              -> select-batch -> label-batch (oracle) -> cycle k + 1
+
+The last cycle stops after ``finish-cycle``; an earlier one stops when its gate says so (target
+AP reached, budget cap hit, pool empty). An exit handler (``finish-run``) writes the budget curve
+and closes the MLflow parent run whatever happened. Cluster settings (GPU node selector,
+tolerations, accelerators, requests, memory-backed /dev/shm, retries, S3 Secret) are applied only
+when ``platform=True``: kfp.local does not need them.
+"""
+
+# No "from __future__ import annotations": KFP reads the pipeline function's real annotations.
+from kfp import dsl
+from kfp import kubernetes as k8s
+
+from activedet import store
+from activedet.pipeline.components import is_gpu, make_components
+from activedet.pipeline.experiment import ExperimentConfig
+
+SHM_VOLUME = "dshm"
+
+
+def default_run_root(exp: ExperimentConfig) -> str:
+    """The run root a compiled pipeline uses when the ``run_root`` parameter is not given."""
+    return store.join(exp.store_root or "runs", exp.name)
+
+
+def _configure(task: dsl.PipelineTask, exp: ExperimentConfig, platform: bool) -> dsl.PipelineTask:
+    """Caching off (runs write MLflow runs and store outputs); cluster settings when ``platform``."""
+    task.set_caching_options(False)
+    if not platform:
+        return task
+    kube = exp.kubernetes
+    name = task.component_spec.name
+    if kube.retries and name != "finish-run":
+        task.set_retry(kube.retries, backoff_duration="30s", backoff_factor=2.0)
+    if kube.s3_secret:
+        k8s.use_secret_as_env(task, secret_name=kube.s3_secret, secret_key_to_env=dict(kube.s3_secret_keys))
+    if kube.s3_endpoint_url:
+        task.set_env_variable("AWS_ENDPOINT_URL", kube.s3_endpoint_url)
+    if is_gpu(name):
+        task.set_cpu_request(kube.gpu_cpu_request).set_memory_request(kube.gpu_memory_request)
+        if kube.accelerator_limit > 0:
+            task.set_accelerator_type(kube.accelerator_type).set_accelerator_limit(kube.accelerator_limit)
+        for key, value in kube.node_selector.items():
+            k8s.add_node_selector(task, label_key=key, label_value=value)
+        for tol in kube.tolerations:
+            k8s.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
+        k8s.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=kube.shm_size)
+    else:
+        task.set_cpu_request(kube.cpu_cpu_request).set_memory_request(kube.cpu_memory_request)
+    return task
+
+
+def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
+    """The pipeline function (a KFP GraphComponent) for ``exp``.
+
+    Parameters of the pipeline: ``experiment`` (the config as JSON; defaults to ``exp``) and
+    ``run_root`` (store prefix of this run's outputs; give each run its own).
+    """
+    c = make_components(exp.kubernetes.image_registry)
+    ssl = exp.ssl.enabled
+    shards = list(range(exp.acquisition.shards))
+
+    def conf(task: dsl.PipelineTask) -> dsl.PipelineTask:
+        return _configure(task, exp, platform)
+
+    @dsl.pipeline(name=exp.name, description=f"activedet active learning: {exp.cycles} cycles, I={exp.initial_size}, B={exp.budget}")
+    def active_learning(experiment: str = exp.to_json(), run_root: str = default_run_root(exp)):
+        finish = conf(c.finish_run(experiment=experiment, run_root=run_root))
+        with dsl.ExitHandler(finish, name="active-learning"):
+            start = conf(c.start_run(experiment=experiment, run_root=run_root))
+            init = conf(c.init(experiment=experiment, run_root=run_root).after(start))
+
+            def cycle(k: int, previous: dsl.PipelineTask) -> None:
+                common = {"experiment": experiment, "run_root": run_root, "cycle": k}
+                sc = conf(c.start_cycle(parent_run_id=start.output, **common).after(previous))
+                run_id = sc.output
+                teacher = conf(c.train_teacher(cycle_run_id=run_id, **common))
+                last, pseudo_result = teacher, "{}"
+                if ssl:
+                    pseudo = conf(c.generate_pseudo_labels(cycle_run_id=run_id, **common).after(teacher))
+                    student = conf(c.train_student_ssl(cycle_run_id=run_id, **common).after(pseudo))
+                    last, pseudo_result = student, pseudo.output
+                ev = conf(c.evaluate(cycle_run_id=run_id, **common).after(last))
+                fin = conf(
+                    c.finish_cycle(
+                        parent_run_id=start.output, cycle_run_id=run_id, eval_result=ev.output, pseudo_result=pseudo_result, **common
+                    )
+                )
+                if k == exp.cycles - 1:
+                    return
+                gate = conf(c.cycle_gate(finish_result=fin.output))
+                with dsl.If(gate.output == True, name=f"continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
+                    with dsl.ParallelFor(shards, name=f"score-shards-cycle-{k}") as shard:
+                        score = conf(c.score_unlabeled(cycle_run_id=run_id, shard=shard, **common))
+                    merge = conf(c.merge_scores(cycle_run_id=run_id, shard_results=dsl.Collected(score.output), **common))
+                    select = conf(c.select_batch(cycle_run_id=run_id, finish_result=fin.output, **common).after(merge))
+                    label = conf(c.label_batch(cycle_run_id=run_id, **common).after(select))
+                    cycle(k + 1, label)
+
+            cycle(0, init)
+
+    return active_learning
+
+
+def compile_pipeline(exp: ExperimentConfig, output: str, *, platform: bool = True) -> str:
+    """Compile the pipeline for ``exp`` to a YAML file; returns its path."""
+    from kfp import compiler
+
+    compiler.Compiler().compile(build_pipeline(exp, platform=platform), package_path=str(output))
+    return str(output)

@@ -1,0 +1,177 @@
+"""The experiment config: one typed, frozen model that drives local runs and cluster runs alike.
+
+A YAML file (see ``configs/demo.yaml`` and ``configs/voc_r50_cluster.yaml``) is loaded with
+:func:`load_experiment`; unknown keys are rejected with the valid ones listed, at any depth.
+The same object compiles the KFP pipeline (:mod:`activedet.pipeline.build`), runs it locally
+through ``kfp.local`` (:mod:`activedet.pipeline.local`) and, serialised to JSON, is the one
+pipeline parameter every component receives.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from activedet.config import FrozenModel, load_config
+from activedet.data.synth import SynthConfig
+
+_K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
+
+
+class DatasetSpec(FrozenModel):
+    """Where the images come from: a committed dataset URI, or SynthDrive settings to generate one."""
+
+    uri: str | None = Field(None, description="committed dataset prefix (local path, file:// or s3://)")
+    synth: SynthConfig | None = Field(
+        None, description="generate a SynthDrive dataset under the run's store prefix (when uri is unset)"
+    )
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        if (self.uri is None) == (self.synth is None):
+            raise ValueError("set exactly one of dataset.uri and dataset.synth")
+        return self
+
+
+class TrainingSpec(FrozenModel):
+    """Detector training settings shared by teacher and student."""
+
+    preset: str = Field("tiny", description="detector preset: tiny, mobilenet_v3_fpn, resnet50_fpn")
+    preset_options: dict[str, Any] = Field(default_factory=dict, description="preset keyword options, e.g. {min_size: 600}")
+    teacher_iterations: int = Field(1000, ge=1, description="teacher optimizer steps per cycle")
+    student_iterations: int = Field(1000, ge=1, description="student optimizer steps per cycle")
+    batch_size: int = Field(8, ge=2, description="images per mini-batch")
+    lr: float = Field(0.01, gt=0.0, description="SGD learning rate")
+    init_checkpoint: str | None = Field(None, description="initial backbone/detector weights (path or URI); none = from scratch")
+    warm_start: bool = Field(
+        False, description="start each cycle's teacher from the previous cycle's model (Elezi retrains from scratch)"
+    )
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    checkpoint_every: int = Field(200, ge=1, description="iterations between resumable checkpoints")
+
+
+class PseudoLabelSpec(FrozenModel):
+    """Pseudo-label filter (METHODS.md section 2)."""
+
+    filter: str = Field("fixed", description="pseudo-label filter: fixed, per_class_topk, dynamic, act")
+    params: dict[str, Any] = Field(default_factory=dict, description="filter parameters, e.g. {tau: 0.99}")
+    min_score: float = Field(0.05, ge=0.0, le=1.0, description="teacher detections below this score are not candidates")
+    max_pool_images: int | None = Field(None, ge=1, description="pseudo-label at most this many pool images")
+
+
+class SSLSpec(FrozenModel):
+    """Semi-supervised student (METHODS.md section 3)."""
+
+    enabled: bool = Field(True, description="train a student on labeled + pseudo-labeled images; off = teacher only")
+    lambda_u: float = Field(1.0, ge=0.0, description="weight of the unsupervised loss")
+    labeled_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of each mini-batch that is labeled")
+
+
+class AcquisitionSpec(FrozenModel):
+    """Acquisition score and batch-selection strategy (METHODS.md sections 5-6)."""
+
+    score: str = Field("entropy", description="acquisition score: entropy, inconsistency, unified, mc_dropout, embedding")
+    score_params: dict[str, Any] = Field(default_factory=dict, description="score parameters")
+    strategy: str = Field("topk", description="selection strategy: random, uniform, topk, coreset, ...")
+    strategy_params: dict[str, Any] = Field(default_factory=dict, description="strategy parameters")
+    shards: int = Field(1, ge=1, le=64, description="score-unlabeled shards run in parallel (dsl.ParallelFor)")
+
+
+class StoppingSpec(FrozenModel):
+    """When a run stops before its last cycle."""
+
+    target_ap: float | None = Field(None, gt=0.0, le=1.0, description="stop once the evaluated metric reaches this")
+    metric: str = Field("AP", description="metric compared with target_ap (AP, AP50, AP75)")
+    budget_cap: int | None = Field(None, ge=1, description="never label more than this many images in total")
+
+
+class MlflowSpec(FrozenModel):
+    """MLflow tracking. Locally an unset URI means sqlite in the run directory."""
+
+    tracking_uri: str | None = Field(None, description="MLflow tracking URI (server URL or sqlite:///...)")
+    experiment: str = Field("activedet", description="MLflow experiment name")
+
+
+class Toleration(FrozenModel):
+    key: str | None = None
+    operator: Literal["Equal", "Exists"] | None = None
+    value: str | None = None
+    effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
+
+
+class KubernetesSpec(FrozenModel):
+    """Cluster settings, applied only when compiling for Kubeflow (kfp.local ignores them)."""
+
+    node_selector: dict[str, str] = Field(default_factory=dict, description="GPU node selector labels")
+    tolerations: list[Toleration] = Field(default_factory=list, description="GPU node tolerations")
+    accelerator_type: str = Field("nvidia.com/gpu", description="accelerator resource type of GPU stages")
+    accelerator_limit: int = Field(1, ge=0, description="accelerators per GPU stage (0 = run GPU stages on CPU)")
+    gpu_cpu_request: str = Field("4", description="CPU request of GPU stages")
+    gpu_memory_request: str = Field("16Gi", description="memory request of GPU stages")
+    cpu_cpu_request: str = Field("1", description="CPU request of CPU stages")
+    cpu_memory_request: str = Field("4Gi", description="memory request of CPU stages")
+    shm_size: str = Field("8Gi", description="size of the memory-backed /dev/shm for data loaders")
+    retries: int = Field(2, ge=0, description="retries per task (preemption)")
+    s3_secret: str | None = Field(None, description="Kubernetes Secret with S3 credentials")
+    s3_secret_keys: dict[str, str] = Field(
+        default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
+        description="secret key -> environment variable",
+    )
+    s3_endpoint_url: str | None = Field(None, description="S3 endpoint (MinIO etc.), set as AWS_ENDPOINT_URL")
+    image_registry: str | None = Field(None, description="registry prefix of the activedet images")
+
+    @model_validator(mode="after")
+    def _quantities(self) -> KubernetesSpec:
+        for name in ("gpu_cpu_request", "gpu_memory_request", "cpu_cpu_request", "cpu_memory_request", "shm_size"):
+            if not _K8S_QUANTITY.match(getattr(self, name)):
+                raise ValueError(f"{name}: {getattr(self, name)!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+        return self
+
+
+class ExperimentConfig(FrozenModel):
+    """One active-learning experiment: data, loop sizes, methods, tracking and cluster settings."""
+
+    name: str = Field("activedet", pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", description="run name (DNS-1123 label)")
+    dataset: DatasetSpec
+    store_root: str | None = Field(None, description="artifact-store prefix for run outputs; locally defaults to <run dir>/store")
+    initial_size: int = Field(ge=1, description="I: images labeled at random in cycle 0")
+    budget: int = Field(ge=1, description="B: images selected and labeled per cycle")
+    cycles: int = Field(ge=1, le=50, description="training cycles (cycle k trains on I + k*B labeled images)")
+    seed: int = Field(0, ge=0, description="seed of the initial set, training and selection")
+    device: str = Field("cpu", description="torch device for training and scoring stages (cpu, cuda)")
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    pseudo_labels: PseudoLabelSpec = Field(default_factory=PseudoLabelSpec)
+    ssl: SSLSpec = Field(default_factory=SSLSpec)
+    acquisition: AcquisitionSpec = Field(default_factory=AcquisitionSpec)
+    stopping: StoppingSpec = Field(default_factory=StoppingSpec)
+    mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
+    kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
+
+    @model_validator(mode="after")
+    def _check(self) -> ExperimentConfig:
+        cap = self.stopping.budget_cap
+        if cap is not None and cap < self.initial_size:
+            raise ValueError(f"stopping.budget_cap ({cap}) is below initial_size ({self.initial_size})")
+        return self
+
+    def labeled_at(self, cycle: int) -> int:
+        """Labeled images cycle ``cycle`` trains on, before any early stop."""
+        return self.initial_size + cycle * self.budget
+
+    def to_json(self) -> str:
+        return self.model_dump_json()
+
+
+def load_experiment(source: str | Path | dict, **overrides) -> ExperimentConfig:
+    """Load and validate an experiment config; errors are one-line :class:`ConfigError`."""
+    return load_config(ExperimentConfig, source, **overrides)
+
+
+def experiment_from_json(text: str) -> ExperimentConfig:
+    """Parse the JSON a component receives (the pipeline parameter ``experiment``)."""
+    import json
+
+    return load_config(ExperimentConfig, json.loads(text), where="experiment parameter")

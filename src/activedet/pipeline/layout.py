@@ -1,0 +1,84 @@
+"""Where a pipeline run keeps its outputs in the artifact store.
+
+Every URI a stage reads or writes is derived from the run root and the cycle number, so
+components exchange only the run root (a string) and small JSON results, never big artifacts::
+
+    <run_root>/run.json                   run metadata (MLflow parent run id, experiment)
+    <run_root>/dataset/                   generated SynthDrive set (when dataset.synth is used)
+    <run_root>/ledgers/cycle-KK/          ledger cycle KK trains on (init writes cycle-00,
+                                          the oracle of cycle KK writes cycle-KK+1)
+    <run_root>/cycle-KK/teacher/          train-teacher output
+    <run_root>/cycle-KK/pseudo_labels/    generate-pseudo-labels output
+    <run_root>/cycle-KK/student/          train-student-SSL output
+    <run_root>/cycle-KK/eval/             evaluate output (metrics.json)
+    <run_root>/cycle-KK/scores/shard-SS/  score-unlabeled output of one shard
+    <run_root>/cycle-KK/scores/merged/    merged scores
+    <run_root>/cycle-KK/selection/        select-batch output (selection + pending ledger)
+    <run_root>/summary/cycle-KK.json      one summary row per finished cycle
+    <run_root>/summary/budget_curve.png   the budget curve (written when the run ends)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from activedet import store
+from activedet.pipeline.experiment import ExperimentConfig
+
+
+@dataclass(frozen=True)
+class RunLayout:
+    """URIs of one pipeline run."""
+
+    run_root: str
+    experiment: ExperimentConfig
+
+    @property
+    def run_json(self) -> str:
+        return store.join(self.run_root, "run.json")
+
+    @property
+    def dataset(self) -> str:
+        return self.experiment.dataset.uri or store.join(self.run_root, "dataset")
+
+    def ledger(self, cycle: int) -> str:
+        return store.join(self.run_root, "ledgers", f"cycle-{cycle:02d}")
+
+    def cycle_dir(self, cycle: int) -> str:
+        return store.join(self.run_root, f"cycle-{cycle:02d}")
+
+    def teacher(self, cycle: int) -> str:
+        return store.join(self.cycle_dir(cycle), "teacher")
+
+    def pseudo_labels(self, cycle: int) -> str:
+        return store.join(self.cycle_dir(cycle), "pseudo_labels")
+
+    def student(self, cycle: int) -> str:
+        return store.join(self.cycle_dir(cycle), "student")
+
+    def model(self, cycle: int) -> str:
+        """The cycle's final model: the student when SSL is on, else the teacher."""
+        return self.student(cycle) if self.experiment.ssl.enabled else self.teacher(cycle)
+
+    def eval(self, cycle: int) -> str:
+        return store.join(self.cycle_dir(cycle), "eval")
+
+    def scores_shard(self, cycle: int, shard: int) -> str:
+        return store.join(self.cycle_dir(cycle), "scores", f"shard-{shard:02d}")
+
+    def scores(self, cycle: int) -> str:
+        return store.join(self.cycle_dir(cycle), "scores", "merged")
+
+    def selection(self, cycle: int) -> str:
+        return store.join(self.cycle_dir(cycle), "selection")
+
+    def summary_row(self, cycle: int) -> str:
+        return store.join(self.run_root, "summary", f"cycle-{cycle:02d}.json")
+
+    @property
+    def summary_dir(self) -> str:
+        return store.join(self.run_root, "summary")
+
+    @property
+    def budget_curve(self) -> str:
+        return store.join(self.summary_dir, "budget_curve.png")

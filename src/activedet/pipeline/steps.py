@@ -1,0 +1,352 @@
+"""What the pipeline's KFP components do, as plain functions (each component is one call here).
+
+Every function takes the experiment as JSON (the pipeline parameter), the run root URI and small
+values (cycle number, MLflow run ids); results are small JSON strings. MLflow layout: one parent
+run per pipeline run, one child run per cycle (summary metrics, params, artifacts), and one nested
+run per stage under its cycle run (the stage's own params and loss curves, so stages never clash
+on MLflow's immutable params). The parent carries the budget curve: AP metrics with
+``step = labeled count``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from activedet import store
+from activedet.config import load_config
+from activedet.pipeline import plan
+from activedet.pipeline.experiment import ExperimentConfig, experiment_from_json
+from activedet.pipeline.layout import RunLayout
+
+log = logging.getLogger("activedet.pipeline")
+
+#: stages whose work runs on the GPU image in a cluster
+GPU_STAGES = ("train-teacher", "generate-pseudo-labels", "train-student-ssl", "score-unlabeled", "evaluate")
+#: metric names copied from the evaluation into the cycle summary (the "AP family")
+AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AP_rare")
+
+
+def setup_logging() -> None:
+    """Log lines from inside a component process (nothing else configures logging there)."""
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+        )
+
+
+def tracking_uri(exp: ExperimentConfig) -> str | None:
+    """The MLflow URI: the experiment's, else ``MLFLOW_TRACKING_URI``; None disables tracking."""
+    return exp.mlflow.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+
+
+def _client(uri: str):
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri)
+
+
+def flatten_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
+    """Numeric leaves of a nested result as ``a.b.c`` keys (bools and non-finite values dropped)."""
+    import math
+
+    out: dict[str, float] = {}
+    if isinstance(obj, dict):
+        for k, v in obj.items():
+            out.update(flatten_numbers(v, f"{prefix}{k}."))
+    elif isinstance(obj, (int, float)) and not isinstance(obj, bool) and math.isfinite(float(obj)):
+        out[prefix[:-1]] = float(obj)
+    return out
+
+
+def _label(exp: ExperimentConfig, cycle: int) -> str:
+    return f"cycle {cycle + 1}/{exp.cycles}"
+
+
+# --------------------------------------------------------------------------- run start / cycle start
+
+
+def start_run(experiment_json: str, run_root: str) -> str:
+    """Prepare the dataset (SynthDrive when configured) and create the MLflow parent run.
+
+    Idempotent: a retried task reuses the parent run recorded in ``run.json`` and a committed dataset.
+    Returns the parent run id ('' when tracking is off).
+    """
+    setup_logging()
+    exp = experiment_from_json(experiment_json)
+    lay = RunLayout(run_root, exp)
+    if exp.dataset.synth is not None and not store.is_committed(lay.dataset):
+        from activedet.data.synth import generate_synthdrive
+
+        log.info("▶ generating SynthDrive dataset at %s", lay.dataset)
+        generate_synthdrive(lay.dataset, exp.dataset.synth)
+    if store.exists(lay.run_json):
+        return str(store.read_json(lay.run_json).get("parent_run_id", ""))
+    uri = tracking_uri(exp)
+    parent = ""
+    if uri:
+        client = _client(uri)
+        found = client.get_experiment_by_name(exp.mlflow.experiment)
+        exp_id = found.experiment_id if found else client.create_experiment(exp.mlflow.experiment)
+        run = client.create_run(exp_id, run_name=exp.name, tags={"activedet.run_root": run_root, "activedet.kind": "pipeline"})
+        parent = run.info.run_id
+        params = flatten_params(exp.model_dump(mode="json", exclude={"kubernetes"}))
+        from mlflow.entities import Param
+
+        items = [Param(k, str(v)[:6000]) for k, v in params.items()]
+        for i in range(0, len(items), 100):
+            client.log_batch(parent, params=items[i : i + 100])
+    store.write_json(lay.run_json, {"parent_run_id": parent, "tracking_uri": uri, "experiment": exp.model_dump(mode="json"), "started_at": time.time()})
+    log.info("▶ run %s: %d cycles, I=%d, B=%d, outputs under %s", exp.name, exp.cycles, exp.initial_size, exp.budget, run_root)
+    return parent
+
+
+def flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Leaves of a nested mapping as ``a.b`` keys (lists kept whole)."""
+    out: dict[str, Any] = {}
+    if isinstance(obj, dict) and obj:
+        for k, v in obj.items():
+            out.update(flatten_params(v, f"{prefix}{k}."))
+    else:
+        out[prefix[:-1]] = obj
+    return out
+
+
+def start_cycle(experiment_json: str, run_root: str, cycle: int, parent_run_id: str) -> str:
+    """Create (or, on a retry, find) the cycle's MLflow child run; returns its id ('' untracked)."""
+    setup_logging()
+    exp = experiment_from_json(experiment_json)
+    log.info("▶ %s: training on %d labeled images (target)", _label(exp, cycle), exp.labeled_at(cycle))
+    uri = tracking_uri(exp)
+    if not uri or not parent_run_id:
+        return ""
+    client = _client(uri)
+    exp_id = client.get_run(parent_run_id).info.experiment_id
+    existing = client.search_runs(
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`activedet.cycle` = '{cycle}'"
+    )
+    if existing:
+        return existing[0].info.run_id
+    tags = {"mlflow.parentRunId": parent_run_id, "activedet.cycle": str(cycle), "activedet.kind": "cycle"}
+    run = client.create_run(exp_id, run_name=f"{exp.name}-cycle-{cycle:02d}", tags=tags)
+    params = {
+        "cycle": cycle,
+        "seed": exp.seed,
+        "strategy": exp.acquisition.strategy,
+        "score": exp.acquisition.score,
+        "filter": exp.pseudo_labels.filter if exp.ssl.enabled else "none",
+        "ssl": exp.ssl.enabled,
+        "budget": exp.budget,
+        "initial_size": exp.initial_size,
+        "preset": exp.training.preset,
+    }
+    from mlflow.entities import Param
+
+    client.log_batch(run.info.run_id, params=[Param(k, str(v)) for k, v in params.items()])
+    return run.info.run_id
+
+
+# --------------------------------------------------------------------------- stages
+
+
+def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle_run_id: str = "", shard: int = 0, budget: int = -1) -> str:
+    """Run one stage of one cycle: build its ``Config`` (see :mod:`plan`), call ``run``.
+
+    Returns the stage result as JSON. With tracking on, the stage logs into a nested run under
+    the cycle run, and the numeric leaves of its result go to the cycle run as ``<stage>.<key>``.
+    """
+    from activedet.stages import stage_module
+
+    setup_logging()
+    exp = experiment_from_json(experiment_json)
+    uri = tracking_uri(exp)
+    stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard) if uri and cycle_run_id else ""
+    module = stage_module(stage)
+    mapping = plan.stage_config(
+        stage, exp, run_root, cycle, shard=shard, budget=None if budget < 0 else budget,
+        tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None,
+    )
+    config = load_config(module.Config, mapping, where=f"pipeline step {stage} (cycle {cycle})")
+    where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{exp.acquisition.shards}" if stage == "score-unlabeled" else "")
+    log.info("▶ %s: started", where)
+    t0 = time.monotonic()
+    try:
+        result = module.run(config)
+    except BaseException:
+        if stage_run:
+            _client(uri).set_terminated(stage_run, "FAILED")
+        raise
+    payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+    seconds = time.monotonic() - t0
+    log.info("✔ %s: done in %.1f s", where, seconds)
+    if stage_run:
+        client = _client(uri)
+        metrics = flatten_numbers(payload)
+        _log_metrics(client, stage_run, {**metrics, "seconds": seconds}, step=cycle)
+        if stage != "score-unlabeled":  # shards run concurrently: keep their numbers in their own runs
+            _log_metrics(client, cycle_run_id, {f"{stage}.{k}": v for k, v in {**metrics, "seconds": seconds}.items()}, step=cycle)
+        client.set_terminated(stage_run, "FINISHED")
+    return json.dumps(payload, default=str)
+
+
+def _start_stage_run(uri: str, cycle_run_id: str, stage: str, cycle: int, shard: int) -> str:
+    client = _client(uri)
+    exp_id = client.get_run(cycle_run_id).info.experiment_id
+    name = f"cycle-{cycle:02d}-{stage}" + (f"-{shard:02d}" if stage == "score-unlabeled" else "")
+    tags = {"mlflow.parentRunId": cycle_run_id, "activedet.kind": "stage", "activedet.stage": stage}
+    return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
+
+
+def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> None:
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    items = [Metric(k[:250], float(v), now, int(step)) for k, v in metrics.items()]
+    for i in range(0, len(items), 500):
+        client.log_batch(run_id, metrics=items[i : i + 500])
+
+
+# --------------------------------------------------------------------------- cycle end / gate
+
+
+def _eval_metrics(lay: RunLayout, cycle: int, eval_result: dict) -> dict:
+    uri = store.join(lay.eval(cycle), "metrics.json")
+    if store.exists(uri):
+        data = store.read_json(uri)
+        if isinstance(data, dict):
+            return data
+    return eval_result
+
+
+def _per_class(metrics: dict) -> dict[str, float]:
+    for key in ("per_class_AP", "per_class_ap", "per_class"):
+        value = metrics.get(key)
+        if isinstance(value, dict):
+            return {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {}
+
+
+def _pseudo_count(result: dict) -> int | None:
+    for key in ("num_pseudo_boxes", "pseudo_boxes", "num_boxes", "kept", "boxes"):
+        value = result.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return int(value)
+    return None
+
+
+def finish_cycle(
+    experiment_json: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_json: str, pseudo_json: str
+) -> str:
+    """Summarise the cycle (store row, MLflow metrics and artifacts) and decide whether to go on.
+
+    Returns JSON ``{"continue": bool, "budget": int, "reason": str, ...row}``; the pipeline reads
+    the ``continue`` flag through :func:`gate`.
+    """
+    from activedet.al.ledger import counts, read_ledger
+
+    setup_logging()
+    exp = experiment_from_json(experiment_json)
+    lay = RunLayout(run_root, exp)
+    ledger, _ = read_ledger(lay.ledger(cycle))
+    state_counts = counts(ledger)
+    labeled = state_counts["labeled"]
+    metrics = _eval_metrics(lay, cycle, json.loads(eval_json or "{}"))
+    pseudo = json.loads(pseudo_json or "{}")
+    row: dict[str, Any] = {
+        "cycle": cycle,
+        "labeled": labeled,
+        "unlabeled": state_counts["unlabeled"],
+        "strategy": exp.acquisition.strategy if cycle > 0 else "random (initial)",
+        "filter": exp.pseudo_labels.filter if exp.ssl.enabled else "none",
+        "pseudo_labels": _pseudo_count(pseudo) if exp.ssl.enabled else None,
+        **{k: float(metrics[k]) for k in AP_KEYS if isinstance(metrics.get(k), (int, float))},
+    }
+    reason = _stop_reason(exp, cycle, row, metrics)
+    budget = plan.next_budget(exp, labeled)
+    row.update({"continue": reason is None, "reason": reason or "", "budget": budget})
+    store.write_json(lay.summary_row(cycle), row)
+    _track_cycle(exp, parent_run_id, cycle_run_id, row, metrics, pseudo)
+    ap = ", ".join(f"{k}={row[k]:.3f}" for k in ("AP", "AP50") if k in row)
+    log.info("✔ %s: %d labeled, %s%s", _label(exp, cycle), labeled, ap or "no AP", f"; stopping: {reason}" if reason else "")
+    return json.dumps(row)
+
+
+def _stop_reason(exp: ExperimentConfig, cycle: int, row: dict, metrics: dict) -> str | None:
+    if cycle >= exp.cycles - 1:
+        return "last cycle"
+    target = exp.stopping.target_ap
+    value = metrics.get(exp.stopping.metric)
+    if target is not None and isinstance(value, (int, float)) and value >= target:
+        return f"{exp.stopping.metric} {value:.3f} reached target {target}"
+    if plan.next_budget(exp, row["labeled"]) <= 0:
+        return f"budget cap {exp.stopping.budget_cap} reached"
+    if row["unlabeled"] <= 0:
+        return "unlabeled pool is empty"
+    return None
+
+
+def _track_cycle(exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, row: dict, metrics: dict, pseudo: dict) -> None:
+    from activedet.pipeline import report
+
+    uri = tracking_uri(exp)
+    if not uri or not cycle_run_id:
+        return
+    client = _client(uri)
+    summary = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    summary["labeled_count"] = row["labeled"]
+    summary.update({f"eval.{k}": v for k, v in flatten_numbers(metrics).items()})
+    summary.update({f"pseudo.{k}": v for k, v in flatten_numbers(pseudo).items()})
+    _log_metrics(client, cycle_run_id, summary, step=row["cycle"])
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "cycle_metrics.json"
+        path.write_text(json.dumps({"summary": row, "eval": metrics, "pseudo_labels": pseudo}, indent=2, default=str))
+        client.log_artifact(cycle_run_id, str(path))
+        per_class = _per_class(metrics)
+        if per_class:
+            png = Path(tmp) / "per_class_ap.png"
+            report.plot_per_class(per_class, png, title=f"{exp.name} cycle {row['cycle']}: per-class AP")
+            client.log_artifact(cycle_run_id, str(png))
+    client.set_terminated(cycle_run_id, "FINISHED")
+    if parent_run_id:
+        curve = {k: row[k] for k in ("AP", "AP50", "AP75") if k in row}
+        curve["labeled_count"] = row["labeled"]
+        _log_metrics(client, parent_run_id, curve, step=row["labeled"])
+
+
+def gate(finish_json: str) -> bool:
+    """Whether the next cycle runs (reads :func:`finish_cycle`'s result)."""
+    return bool(json.loads(finish_json)["continue"])
+
+
+def finish_run(experiment_json: str, run_root: str, state: str) -> str:
+    """Exit handler: budget curve + summary into the store and the parent run, which is closed."""
+    from activedet.pipeline import report
+
+    setup_logging()
+    exp = experiment_from_json(experiment_json)
+    lay = RunLayout(run_root, exp)
+    rows = report.read_rows(lay)
+    with tempfile.TemporaryDirectory() as tmp:
+        png = Path(tmp) / "budget_curve.png"
+        summary = Path(tmp) / "summary.json"
+        summary.write_text(json.dumps({"state": state, "cycles": rows}, indent=2, default=str))
+        store.upload(summary, store.join(lay.summary_dir, "summary.json"))
+        if rows:
+            report.plot_budget_curve(rows, png, title=f"{exp.name}: {exp.acquisition.strategy}")
+            store.upload(png, lay.budget_curve)
+        info = store.read_json(lay.run_json) if store.exists(lay.run_json) else {}
+        parent, uri = info.get("parent_run_id"), info.get("tracking_uri")
+        if parent and uri:
+            client = _client(uri)
+            client.log_artifact(parent, str(summary))
+            if rows:
+                client.log_artifact(parent, str(png))
+            client.set_terminated(parent, "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED")
+    log.info("■ run %s %s after %d cycle(s); summary in %s", exp.name, state.lower(), len(rows), lay.summary_dir)
+    return json.dumps({"state": state, "cycles": len(rows)})

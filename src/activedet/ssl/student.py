@@ -1,0 +1,236 @@
+"""The train-student-SSL stage: teacher weights, balanced labeled + pseudo-labeled batches.
+
+Pieces (public for tests and benchmarks):
+
+* :class:`StrongView` -- a pseudo-labeled :class:`~activedet.models.data.DetectionDataset`
+  (weak view: flip + zoom, boxes move) with the strong photometric augmentation on top;
+* :func:`balanced_batches` -- endless ``(images, targets)`` batches drawn by
+  :class:`~activedet.ssl.sampler.BalancedBatchSampler`; targets carry ``pseudo`` (bool);
+* :func:`ssl_loss` -- ``L = L_s + lambda_u * L_u`` as a loss function for
+  :class:`~activedet.models.train.Trainer` (two forward passes: labeled images, then pseudo-labeled
+  ones, so ``lambda_u`` scales every unsupervised term, RPN included). Per-class ``alpha_m``
+  reaches the box head through the targets' ``weights``; uncertain boxes have ``regress=False``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from collections.abc import Iterator, Mapping
+
+import pyarrow as pa
+import torch
+from torch import Tensor, nn
+from torch.utils.data import ConcatDataset, DataLoader, Dataset
+from torchvision import tv_tensors
+
+from activedet import store
+from activedet.errors import ActivedetError
+from activedet.ssl.augment import StrongParams, strong_transform
+from activedet.ssl.sampler import BalancedBatchSampler
+
+log = logging.getLogger(__name__)
+
+SUP, UNSUP = "sup/", "unsup/"
+
+
+class StrongView(Dataset):
+    """Items of ``base`` with the strong augmentation on the image (boxes are unchanged by it)."""
+
+    def __init__(self, base: Dataset, params: StrongParams | None):
+        self.base = base
+        self.transform = strong_transform(params) if params is not None else None
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        image, target = self.base[i]
+        if self.transform is not None:
+            image = self.transform(tv_tensors.Image(image)).as_subclass(Tensor).clamp(0.0, 1.0)
+        return image, {**target, "pseudo": True}
+
+
+class _Marked(Dataset):
+    def __init__(self, base: Dataset):
+        self.base = base
+
+    def __len__(self) -> int:
+        return len(self.base)  # type: ignore[arg-type]
+
+    def __getitem__(self, i: int):
+        image, target = self.base[i]
+        return image, {**target, "pseudo": False}
+
+
+class _BatchIndices:
+    """Batch sampler over ``ConcatDataset([labeled, pseudo])`` from :class:`BalancedBatchSampler`."""
+
+    def __init__(self, sampler: BalancedBatchSampler, offset: int, start: int):
+        self.sampler, self.offset, self.start = sampler, offset, start
+
+    def __iter__(self) -> Iterator[list[int]]:
+        for lab, unl in self.sampler.iter_batches(self.start):
+            yield lab + [self.offset + u for u in unl]
+
+
+def _collate(batch):
+    images, targets = zip(*batch)
+    return list(images), list(targets)
+
+
+def balanced_batches(
+    labeled: Dataset, pseudo: Dataset | None, *, batch_size: int, labeled_fraction: float, seed: int = 0,
+    start_iter: int = 0, num_workers: int = 0,
+) -> Iterator[tuple[list[Tensor], list[dict]]]:
+    """Endless balanced batches; ``start_iter`` continues a resumed run's sequence."""
+    n_pseudo = len(pseudo) if pseudo is not None else 0  # type: ignore[arg-type]
+    sampler = BalancedBatchSampler(len(labeled), n_pseudo, batch_size, labeled_fraction=labeled_fraction, seed=seed)  # type: ignore[arg-type]
+    parts = [_Marked(labeled)] + ([pseudo] if pseudo is not None and n_pseudo else [])
+    data = ConcatDataset(parts)
+    torch.manual_seed(seed + start_iter)  # augmentation randomness in the main process
+    loader = DataLoader(
+        data,
+        batch_sampler=_BatchIndices(sampler, len(labeled), start_iter),  # type: ignore[arg-type]
+        num_workers=num_workers,
+        collate_fn=_collate,
+        persistent_workers=num_workers > 0,
+        generator=torch.Generator().manual_seed(seed + start_iter),
+    )
+    yield from loader
+
+
+def ssl_loss(lambda_u: float = 1.0):
+    """A :class:`Trainer` loss function: supervised losses + ``lambda_u`` x unsupervised losses.
+
+    Targets with ``pseudo=True`` form the unsupervised part. Keys of the returned dict are the
+    model's loss names prefixed ``sup/`` and ``unsup/`` (the latter already multiplied by
+    ``lambda_u``), so their sum is ``L``.
+    """
+
+    def loss_fn(model: nn.Module, images: list[Tensor], targets: list[dict]) -> dict[str, Tensor]:
+        out: dict[str, Tensor] = {}
+        for prefix, want, weight in ((SUP, False, 1.0), (UNSUP, True, lambda_u)):
+            idx = [i for i, t in enumerate(targets) if bool(t.get("pseudo", False)) == want]
+            if not idx or weight == 0:
+                continue
+            losses = model([images[i] for i in idx], [targets[i] for i in idx])
+            out.update({prefix + k: v * weight for k, v in losses.items()})
+        return out
+
+    return loss_fn
+
+
+def class_weights_from(thresholds: Mapping) -> dict[int, float]:
+    """``{category_id: alpha_m}`` from a ``thresholds.json`` document (1 where not given)."""
+    return {int(c): float(s.get("weight", 1.0)) for c, s in thresholds.get("classes", {}).items()}
+
+
+def _fingerprint(config, digest: str) -> str:
+    keep = config.model_dump(mode="json", exclude={"mlflow_tracking_uri", "mlflow_run_id", "num_workers", "checkpoint_every"})
+    return hashlib.sha256(json.dumps([keep, digest], sort_keys=True).encode()).hexdigest()[:16]
+
+
+def train_student(config) -> dict:
+    """Run the stage (``config``: :class:`activedet.stages.train_student_ssl.Config`)."""
+    from activedet.al.ledger import read_ledger
+    from activedet.data.dataset import load_dataset
+    from activedet.models.checkpoint import load_detector, write_checkpoint
+    from activedet.models.data import DetectionDataset
+    from activedet.models.predict import resolve_device
+    from activedet.models.train import ResumeCheckpointer, Trainer, seed_everything
+    from activedet.ssl.pseudo_labels import read_pseudo_labels, split_sets
+    from activedet.stages.train_teacher import data_digest
+    from activedet.tracking import tracker_for
+
+    dataset = load_dataset(config.dataset_uri)
+    ledger, _ = read_ledger(config.ledger_uri)
+    labeled, pool = split_sets(dataset, ledger)
+    if not labeled:
+        raise ActivedetError(f"train-student-ssl: no labeled train images in ledger {config.ledger_uri}")
+    pseudo, thresholds, pseudo_pool = read_pseudo_labels(config.pseudo_labels_uri, dataset)
+    if config.uncertain_boxes == "ignore" and "reliable" in pseudo.column_names:
+        pseudo = pseudo.filter(pa.array([r is not False for r in pseudo.column("reliable").to_pylist()], pa.bool_()))
+    with_boxes = set(pseudo.column("image_id").to_pylist())
+    candidates = pseudo_pool if pseudo_pool is not None else pool
+    pool_ids = sorted(set(candidates) if config.empty_as_background else with_boxes & set(candidates))
+    weights = class_weights_from(thresholds) if config.use_class_weights else {}
+    digest = data_digest(config.dataset_uri, labeled + [f"u:{i}" for i in pool_ids])
+
+    device = resolve_device(config.device)
+    seed_everything(config.seed)
+    detector = load_detector(config.teacher_checkpoint_uri, dataset=dataset)
+    detector.model.to(device)
+    parents = list(config.parent_run_ids) + [p for p in detector.meta.get("parent_run_ids", []) if p not in config.parent_run_ids]
+    tracker = tracker_for(config, run_name="train-student-ssl")
+    tracker.log_params(
+        {k: v for k, v in config.model_dump(mode="json").items() if k not in ("mlflow_tracking_uri", "mlflow_run_id")}
+        | {"labeled_images": len(labeled), "pseudo_images": len(pool_ids), "pseudo_boxes": pseudo.num_rows,
+           "filter": thresholds.get("filter"), "data_digest": digest}
+    )
+    if not pool_ids:
+        log.warning("train-student-ssl: no pseudo-labeled images: training on labeled images only")
+    strong = config.strong_augmentation
+    params = StrongParams(**strong.model_dump(exclude={"enabled"})) if strong.enabled else None
+    lab_data = DetectionDataset(dataset, labeled, category_ids=detector.category_ids, hflip=config.hflip, scale_jitter=config.scale_jitter)
+    pseudo_data = (
+        StrongView(
+            DetectionDataset(
+                dataset, pool_ids, category_ids=detector.category_ids, boxes=pseudo, hflip=config.hflip,
+                scale_jitter=config.scale_jitter, class_weights=weights,
+            ),
+            params,
+        )
+        if pool_ids
+        else None
+    )
+    with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": "train-student-ssl"}) as out:
+        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=_fingerprint(config, digest))
+        start, optim_state = resume.restore()
+        batches = balanced_batches(
+            lab_data, pseudo_data, batch_size=config.batch_size, labeled_fraction=config.labeled_fraction,
+            seed=config.seed, start_iter=start, num_workers=config.num_workers,
+        )
+        trainer = Trainer(
+            detector.model, batches, iterations=config.iterations, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, warmup_iters=config.warmup_iters, decay_at=config.lr_milestones,
+            device=device, amp=config.amp, loss_fn=ssl_loss(config.lambda_u), hooks=[resume], tracker=tracker,
+            start_iter=start, desc="train-student-ssl",
+        )
+        if optim_state:
+            trainer.load_optimizer_state(optim_state)
+        result = trainer.train()
+        detector.model.to("cpu")
+        training = {
+            "config": config.model_dump(mode="json", exclude={"mlflow_tracking_uri"}),
+            "labeled_images": len(labeled),
+            "pseudo_images": len(pool_ids),
+            "pseudo_boxes": pseudo.num_rows,
+            "class_weights": {str(k): v for k, v in weights.items()},
+            "resumed_from": start,
+            "final_loss": result.final_loss,
+            "final_losses": trainer.last_losses,
+            "it_per_s": result.it_per_s,
+            "loss_history": result.loss_history,
+        }
+        if tracker.run_id:
+            parents.append(tracker.run_id)
+        uri = write_checkpoint(
+            out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
+            ledger_uri=config.ledger_uri, init_checkpoint_uri=config.teacher_checkpoint_uri,
+            pseudo_labels_uri=config.pseudo_labels_uri, metrics={}, parent_run_ids=parents,
+        )
+        out.write_json("train.json", training)
+    tracker.log_metrics({"train/final_loss": result.final_loss, "train/it_per_s": result.it_per_s})
+    log.info("train-student-ssl: %d iterations, final loss %.4f -> %s", config.iterations, result.final_loss, uri)
+    return {
+        "checkpoint_uri": uri,
+        "iterations": config.iterations,
+        "resumed_from": start,
+        "final_loss": result.final_loss,
+        "it_per_s": result.it_per_s,
+        "labeled_images": len(labeled),
+        "pseudo_images": len(pool_ids),
+        "pseudo_boxes": pseudo.num_rows,
+    }

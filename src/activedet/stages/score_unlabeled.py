@@ -1,0 +1,246 @@
+"""score-unlabeled: per-image acquisition scores and embeddings for the unlabeled pool.
+
+The pool is the ledger's unlabeled images of the split, sorted by image_id (with
+``include_labeled`` also its labeled and pending images, whose embeddings core-set uses as
+initial centers). ``--shard i/n`` scores the i-th of n contiguous slices of that order; the
+merge-scores stage concatenates the shards back into exactly the table ``0/1`` gives.
+
+Output (``output_uri``): ``scores.parquet`` (schema.scores_schema: ``image_id``, one float64
+column per score, ``num_boxes`` and ``pred_classes`` over boxes at or above ``score_floor``, and
+``embedding`` as a fixed-size list<float32> when asked) and ``scores.json`` (shard, pool digest,
+columns). ``scores`` names registered acquisition scores (entropy, inconsistency, mc_dropout),
+``embedding``, or ``unified`` (shorthand for entropy + inconsistency; the unified ranking itself
+is the select-batch strategy ``unified``, because it needs the budget).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Iterator
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field, field_validator
+
+from activedet import schema, store
+from activedet.al import ledger as ledger_mod
+from activedet.al.scores import SCORES, AcquisitionScore, build_scorers
+from activedet.config import StageConfig
+from activedet.errors import ActivedetError, ConfigError
+from activedet.models.types import ImagePrediction
+from activedet.progress import Progress
+from activedet.tracking import tracker_for
+
+log = logging.getLogger(__name__)
+
+SCORES_FILE = "scores.parquet"
+SCORES_META = "scores.json"
+EMBEDDING = "embedding"
+UNIFIED = "unified"
+
+
+class Config(StageConfig):
+    checkpoint_uri: str = Field(description="detector checkpoint URI (safetensors + meta.json)")
+    dataset_uri: str = Field(description="dataset URI")
+    ledger_uri: str = Field(description="ledger URI (committed output with ledger.parquet)")
+    output_uri: str = Field(description="output prefix for scores.parquet / scores.json")
+    scores: list[str] = Field(
+        default_factory=lambda: ["entropy", "embedding"],
+        description="scores to compute: entropy, inconsistency, mc_dropout, embedding, unified (= entropy + inconsistency)",
+    )
+    entropy_aggregation: Literal["max", "mean", "sum"] = Field("max", description="entropy: box scores -> image score")
+    score_floor: float = Field(0.05, ge=0.0, le=1.0, description="boxes with detection score below this are ignored")
+    divergence: Literal["kl", "js"] = Field("kl", description="inconsistency: symmetric KL or Jensen-Shannon")
+    match_iou: float = Field(0.5, gt=0.0, le=1.0, description="inconsistency: IoU to match original and flipped boxes")
+    unmatched: Literal["background", "ignore"] = Field(
+        "background", description="inconsistency: unmatched boxes scored against background, or ignored"
+    )
+    mc_samples: int = Field(10, ge=2, description="mc_dropout: number of stochastic passes T")
+    include_labeled: bool = Field(False, description="also score labeled and pending images (core-set needs their embeddings)")
+    split: str = Field("train", description="dataset split of the pool")
+    shard: str = Field("0/1", description="'i/n': score the i-th of n contiguous slices of the pool")
+    batch_size: int = Field(8, ge=1, description="inference batch size")
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+
+    @field_validator("scores")
+    @classmethod
+    def _known_scores(cls, value: list[str]) -> list[str]:
+        valid = set(SCORES.names()) | {EMBEDDING, UNIFIED}
+        bad = [s for s in value if s not in valid]
+        if bad:
+            raise ValueError(f"unknown score(s) {bad}; valid: {', '.join(sorted(valid))}")
+        if not value:
+            raise ValueError("at least one score is needed")
+        return value
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_format(cls, value: str) -> str:
+        parse_shard(value)
+        return value
+
+
+class Result(BaseModel):
+    scores_uri: str
+    rows: int
+    pool_size: int
+    shard: str
+    columns: list[str]
+
+
+# --------------------------------------------------------------------------- pure pieces
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """``"i/n"`` -> ``(i, n)`` with ``0 <= i < n``."""
+    try:
+        i_s, n_s = spec.split("/")
+        i, n = int(i_s), int(n_s)
+    except ValueError:
+        raise ValueError(f"shard must look like 'i/n' (e.g. 0/4), got {spec!r}") from None
+    if n < 1 or not 0 <= i < n:
+        raise ValueError(f"shard {spec!r}: need 0 <= i < n")
+    return i, n
+
+
+def shard_slice(ids: list[str], index: int, count: int) -> list[str]:
+    """The ``index``-th of ``count`` contiguous slices of ``ids`` (sizes differ by at most one)."""
+    n = len(ids)
+    return ids[index * n // count : (index + 1) * n // count]
+
+
+def pool_digest(ids: list[str]) -> str:
+    return hashlib.sha256("\n".join(ids).encode()).hexdigest()[:16]
+
+
+def expand_scores(names: list[str]) -> tuple[list[str], bool]:
+    """Score column names (registry order kept as given, deduplicated) and whether to embed."""
+    cols: list[str] = []
+    for name in names:
+        for n in (["entropy", "inconsistency"] if name == UNIFIED else [name]):
+            if n != EMBEDDING and n not in cols:
+                cols.append(n)
+    return cols, EMBEDDING in names
+
+
+def scoring_pool(ledger: pa.Table, split_ids: list[str], include_labeled: bool) -> list[str]:
+    """Sorted ids to score: unlabeled (plus labeled/pending when asked) images of the split."""
+    states = ("unlabeled", "labeled", "pending") if include_labeled else ("unlabeled",)
+    in_split = set(split_ids)
+    return sorted(i for i in ledger_mod.ids_in_state(ledger, *states) if i in in_split)
+
+
+def score_predictions(
+    predictions: Iterable[ImagePrediction],
+    scorers: dict[str, AcquisitionScore],
+    *,
+    with_embedding: bool,
+    score_floor: float,
+    expected_ids: list[str] | None = None,
+) -> pa.Table:
+    """One scores-table row per prediction, in input order (schema.scores_schema)."""
+    ids: list[str] = []
+    cols: dict[str, list[float]] = {n: [] for n in scorers}
+    num_boxes: list[int] = []
+    classes: list[list[int]] = []
+    embs: list[np.ndarray] = []
+    for pred in predictions:
+        ids.append(pred.image_id)
+        for name, fn in scorers.items():
+            cols[name].append(fn(pred))
+        keep = np.asarray(pred.detections.scores, np.float64) >= score_floor
+        num_boxes.append(int(keep.sum()))
+        classes.append(sorted({int(c) for c in np.asarray(pred.detections.labels)[keep]}))
+        if with_embedding:
+            if pred.embedding is None:
+                raise ActivedetError(f"score-unlabeled: no embedding for image {pred.image_id!r}")
+            embs.append(np.asarray(pred.embedding, np.float32).reshape(-1))
+    if expected_ids is not None and ids != list(expected_ids):
+        raise RuntimeError(f"predictor returned {len(ids)} predictions out of order or incomplete for {len(expected_ids)} images")
+    dim = embs[0].shape[0] if embs else None
+    sch = schema.scores_schema(list(scorers), dim)
+    arrays = [pa.array(ids, pa.string())]
+    arrays += [pa.array(cols[n], pa.float64()) for n in scorers]
+    arrays += [pa.array(num_boxes, pa.int32()), pa.array(classes, pa.list_(pa.int32()))]
+    if dim:
+        mat = np.stack(embs)
+        if mat.shape[1] != dim:
+            raise ActivedetError("score-unlabeled: embeddings of different sizes")
+        arrays.append(pa.FixedSizeListArray.from_arrays(pa.array(mat.reshape(-1), pa.float32()), dim))
+    return schema.validate_scores(pa.Table.from_arrays(arrays, schema=sch))
+
+
+# --------------------------------------------------------------------------- detector adapter
+
+
+def _predictions(config: Config, dataset, ids: list[str], needs: set[str], with_embedding: bool) -> Iterator[ImagePrediction]:
+    """Run the detector over ``ids`` asking for exactly the prediction parts the scores need."""
+    from activedet.models import inference  # the detector package; imported late (torch, weights)
+
+    predictor = inference.Predictor.from_checkpoint(config.checkpoint_uri, device=config.device)
+    yield from predictor.predict(
+        dataset,
+        ids,
+        batch_size=config.batch_size,
+        num_workers=config.num_workers,
+        flip="flipped" in needs,
+        mc_samples=config.mc_samples if "mc_probs" in needs else 0,
+        embedding=with_embedding,
+    )
+
+
+# --------------------------------------------------------------------------- stage
+
+
+def run(config: Config) -> Result:
+    """Score the config's shard of the pool with the detector checkpoint."""
+    return score_pool(config, lambda dataset, ids, needs, emb: _predictions(config, dataset, ids, needs, emb))
+
+
+PredictFn = Callable[[object, list[str], set[str], bool], Iterable[ImagePrediction]]
+
+
+def score_pool(config: Config, predict: PredictFn) -> Result:
+    """The stage body with the prediction source passed in: ``predict(dataset, ids, needs,
+    with_embedding)`` must yield one :class:`ImagePrediction` per id, in order. ``run`` passes
+    the detector; replaying stored predictions or another model plugs in here."""
+    from activedet.data.dataset import load_dataset
+
+    index, count = parse_shard(config.shard)
+    names, with_embedding = expand_scores(config.scores)
+    try:
+        scorers = build_scorers(
+            names, score_floor=config.score_floor, entropy_aggregation=config.entropy_aggregation,
+            divergence=config.divergence, match_iou=config.match_iou, unmatched=config.unmatched,
+        )
+    except ActivedetError as exc:
+        raise ConfigError(f"stage score-unlabeled: {exc}") from None
+    dataset = load_dataset(config.dataset_uri)
+    ledger, _ = ledger_mod.read_ledger(config.ledger_uri)
+    pool = scoring_pool(ledger, dataset.split_ids(config.split), config.include_labeled)
+    ids = shard_slice(pool, index, count)
+    log.info("score-unlabeled: shard %s: %d of %d pool images; scores %s%s", config.shard, len(ids), len(pool), names,
+             " + embedding" if with_embedding else "")
+    needs = set().union(*(s.needs for s in scorers.values())) if scorers else set()
+    preds: Iterable[ImagePrediction] = predict(dataset, ids, needs, with_embedding) if ids else []
+    with Progress(len(ids), "scoring", unit="img") as bar:
+        def counted():
+            for p in preds:
+                yield p
+                bar.update()
+        table = score_predictions(counted(), scorers, with_embedding=with_embedding,
+                                  score_floor=config.score_floor, expected_ids=ids)
+    meta = {
+        "shard": index, "num_shards": count, "pool_size": len(pool), "pool_digest": pool_digest(pool),
+        "rows": table.num_rows, "scores": names, "embedding": with_embedding, "ledger_uri": config.ledger_uri,
+        "checkpoint_uri": config.checkpoint_uri, "include_labeled": config.include_labeled,
+    }
+    with store.OutputWriter(config.output_uri) as out:
+        out.write_table(SCORES_FILE, table)
+        out.write_json(SCORES_META, meta)
+    metrics = {f"score_mean_{n}": float(np.nanmean(table.column(n).to_numpy(zero_copy_only=False))) for n in names if table.num_rows}
+    tracker_for(config, run_name="score-unlabeled").log_metrics({"scored_images": table.num_rows, **metrics})
+    return Result(scores_uri=config.output_uri, rows=table.num_rows, pool_size=len(pool), shard=config.shard, columns=table.column_names)

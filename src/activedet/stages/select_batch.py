@@ -1,0 +1,122 @@
+"""select-batch: choose the next batch to label and write a new ledger version.
+
+Pool = the ledger's unlabeled images of the split (labeled and pending images are never
+selected; their embeddings are core-set's initial centers). Strategies: see
+:mod:`activedet.al.selection` (random, uniform, topk, coreset, uniform_topk, prefilter_coreset,
+unified, class_balanced).
+
+Output (``output_uri``): ``selection.parquet`` (schema.SELECTION, rank from 0),
+``selection.json`` and a new ledger (``ledger.parquet`` / ``ledger.json``) in which the selected
+images are ``pending`` with cycle = ``cycle``; the input ledger is untouched.
+
+Edge cases: a budget larger than the pool selects the whole pool (logged). An empty pool is not
+an error: the selection is empty, the ledger is carried over, and the result says
+``exhausted: true`` so a pipeline can stop the loop gracefully.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pyarrow as pa
+from pydantic import BaseModel, Field, field_validator
+
+from activedet import schema, store
+from activedet.al import ledger as ledger_mod
+from activedet.al.selection import STRATEGIES, SelectionInput, SelectionParams, select
+from activedet.config import StageConfig
+from activedet.errors import ActivedetError
+from activedet.stages.score_unlabeled import SCORES_FILE
+from activedet.tracking import tracker_for
+
+log = logging.getLogger(__name__)
+
+SELECTION_FILE = "selection.parquet"
+SELECTION_META = "selection.json"
+
+
+class Config(StageConfig):
+    dataset_uri: str = Field(description="dataset URI (images table: sequences and frames for uniform)")
+    ledger_uri: str = Field(description="current ledger URI")
+    output_uri: str = Field(description="output prefix: selection.parquet and the new ledger")
+    strategy: str = Field("random", description="selection strategy: " + ", ".join(STRATEGIES.names()))
+    budget: int = Field(ge=0, description="number of images to select (B)")
+    scores_uri: str | None = Field(None, description="score-unlabeled (or merge-scores) output; not needed by random/uniform")
+    score: str = Field("entropy", description="score column for topk, uniform_topk, prefilter_coreset, class_balanced")
+    seed: int = Field(0, description="random seed (combined with the cycle)")
+    cycle: int | None = Field(None, description="cycle number of this selection (default: the ledger's cycle + 1)")
+    uniform_n: int | None = Field(None, ge=1, description="uniform: every n-th frame (default pool // budget); uniform_topk: default 5")
+    prefilter_factor: float = Field(3.0, ge=1.0, description="prefilter_coreset: keep the top factor * budget by score")
+    unified_factor: float = Field(2.0, ge=1.0, description="unified: keep the top factor * budget by entropy")
+    device: str = Field("auto", description="core-set device: auto, cpu, cuda")
+    split: str = Field("train", description="dataset split of the pool")
+
+    @field_validator("strategy")
+    @classmethod
+    def _known_strategy(cls, value: str) -> str:
+        if value not in STRATEGIES:
+            raise ValueError(f"unknown selection strategy {value!r}; valid: {', '.join(STRATEGIES.names())}")
+        return value
+
+
+class Result(BaseModel):
+    selection_uri: str
+    ledger_uri: str
+    cycle: int
+    selected: int
+    pool_size: int
+    exhausted: bool
+
+
+def selection_table(ids: list[str], scores: list[float | None], strategy: str) -> pa.Table:
+    return schema.validate_selection(
+        pa.table(
+            {
+                "image_id": pa.array(ids, pa.string()),
+                "rank": pa.array(np.arange(len(ids), dtype=np.int32)),
+                "strategy": pa.array([strategy] * len(ids), pa.string()),
+                "score": pa.array(scores, pa.float64()),
+            },
+            schema=schema.SELECTION,
+        )
+    )
+
+
+def run(config: Config) -> Result:
+    from activedet.data.dataset import load_dataset
+
+    dataset = load_dataset(config.dataset_uri)
+    ledger, meta = ledger_mod.read_ledger(config.ledger_uri)
+    cycle = config.cycle if config.cycle is not None else ledger_mod.ledger_cycle(ledger, meta) + 1
+    in_split = set(dataset.split_ids(config.split))
+    pool = sorted(i for i in ledger_mod.ids_in_state(ledger, "unlabeled") if i in in_split)
+    labeled = sorted(ledger_mod.ids_in_state(ledger, "labeled", "pending"))
+    scores = None
+    if config.scores_uri:
+        scores = schema.validate_scores(store.read_output_table(config.scores_uri, SCORES_FILE),
+                                        where=store.join(config.scores_uri, SCORES_FILE))
+    seed = int(np.random.SeedSequence([config.seed, cycle]).generate_state(1)[0])
+    params = SelectionParams(score=config.score, uniform_n=config.uniform_n, prefilter_factor=config.prefilter_factor,
+                             unified_factor=config.unified_factor, device=config.device)
+    inp = SelectionInput(pool=pool, budget=config.budget, seed=seed, scores=scores, images=dataset.images,
+                         labeled=labeled, params=params)
+    picked = select(config.strategy, inp)
+    table = selection_table(picked.ids, picked.scores, config.strategy)
+    new_ledger = ledger_mod.set_state(ledger, picked.ids, "pending", cycle=cycle, allowed_from=("unlabeled",))
+    exhausted = not pool
+    with store.OutputWriter(config.output_uri) as out:
+        out.write_table(SELECTION_FILE, table)
+        out.write_json(SELECTION_META, {"strategy": config.strategy, "budget": config.budget, "cycle": cycle,
+                                        "selected": table.num_rows, "pool_size": len(pool), "exhausted": exhausted,
+                                        "ledger_uri": config.ledger_uri, "scores_uri": config.scores_uri})
+        ledger_mod.write_ledger(out, new_ledger, cycle=cycle, parent=config.ledger_uri, selection=config.strategy)
+    log.info("select-batch: %s picked %d of %d pool images (cycle %d)", config.strategy, table.num_rows, len(pool), cycle)
+    tracker_for(config, run_name="select-batch").log_metrics({"selected": table.num_rows, "pool_size": len(pool)}, step=cycle)
+    return Result(selection_uri=config.output_uri, ledger_uri=config.output_uri, cycle=cycle, selected=table.num_rows,
+                  pool_size=len(pool), exhausted=exhausted)
+
+
+def read_selection(uri: str) -> pa.Table:
+    """Read and validate a committed selection."""
+    return schema.validate_selection(store.read_output_table(uri, SELECTION_FILE), where=store.join(uri, SELECTION_FILE))

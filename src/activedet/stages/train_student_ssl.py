@@ -1,0 +1,75 @@
+"""Train the semi-supervised student: teacher weights, labeled + pseudo-labeled mini-batches.
+
+Initialised from the teacher checkpoint. Every mini-batch holds ``labeled_fraction`` labeled
+images (weak augmentation: flip + scale jitter) and the rest pseudo-labeled pool images (weak then
+strong augmentation: colour jitter, Gaussian blur, Cutout). Loss ``L = L_s + lambda_u * L_u``;
+the unsupervised loss of class-``m`` pseudo boxes is multiplied by ``alpha_m`` from the pseudo
+labels' ``thresholds.json`` (the ``dynamic`` filter writes them; other filters write 1), uncertain
+pseudo boxes give classification loss only, and pool images without pseudo boxes are trained as
+background unless disabled. Checkpoints, resume, progress and MLflow behave as in train-teacher.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field
+
+from activedet.config import FrozenModel, StageConfig
+
+
+class StrongAugmentation(FrozenModel):
+    """Strong augmentation of pseudo-labeled images (on top of the weak one)."""
+
+    enabled: bool = Field(True, description="apply the strong augmentation at all")
+    color_jitter: float = Field(0.4, ge=0.0, description="brightness/contrast/saturation jitter strength")
+    hue: float = Field(0.1, ge=0.0, le=0.5, description="hue jitter")
+    color_p: float = Field(0.8, ge=0.0, le=1.0, description="probability of colour jitter")
+    blur_p: float = Field(0.5, ge=0.0, le=1.0, description="probability of Gaussian blur")
+    blur_sigma: tuple[float, float] = Field((0.1, 2.0), description="Gaussian blur sigma range")
+    cutout_p: float = Field(0.7, ge=0.0, le=1.0, description="probability of each Cutout patch")
+    cutout_patches: int = Field(3, ge=0, description="number of Cutout patches tried")
+    cutout_scale: tuple[float, float] = Field((0.01, 0.05), description="patch area range, fraction of the image")
+
+
+class Config(StageConfig):
+    """Config of the train-student-SSL stage."""
+
+    teacher_checkpoint_uri: str = Field(description="teacher checkpoint prefix; the student starts from its weights")
+    dataset_uri: str = Field(description="dataset prefix (images, gt boxes, categories)")
+    ledger_uri: str = Field(
+        description="committed ledger output (ledger.parquet); labeled set = train images in state 'labeled'"
+    )
+    pseudo_labels_uri: str = Field(description="output prefix of generate-pseudo-labels (pseudo_boxes.parquet, thresholds.json)")
+    output_uri: str = Field(description="output prefix for the student checkpoint and metrics")
+    iterations: int = Field(600, ge=1, description="optimizer steps")
+    batch_size: int = Field(8, ge=2, description="images per mini-batch (labeled + pseudo-labeled)")
+    labeled_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of each mini-batch that is labeled")
+    lambda_u: float = Field(1.0, ge=0.0, description="weight of the unsupervised (pseudo-label) loss")
+    use_class_weights: bool = Field(True, description="multiply class-m pseudo-box losses by alpha_m from thresholds.json")
+    uncertain_boxes: Literal["classification", "ignore"] = Field(
+        "classification",
+        description="uncertain pseudo boxes: 'classification' (no box regression) or 'ignore' (dropped)",
+    )
+    empty_as_background: bool = Field(True, description="train pool images without pseudo boxes as pure background")
+    strong_augmentation: StrongAugmentation = Field(default_factory=StrongAugmentation, description="strong augmentation settings")
+    hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability (weak augmentation)")
+    scale_jitter: tuple[float, float] | None = Field((0.8, 1.25), description="content zoom range of the weak augmentation (unset: none)")
+    lr: float = Field(0.02, gt=0.0, description="base SGD learning rate")
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
+    weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
+    warmup_iters: int = Field(50, ge=0, description="iterations of linear lr warmup")
+    lr_milestones: tuple[float, ...] = Field((2 / 3, 8 / 9), description="fractions of the schedule where lr is divided by 10")
+    seed: int = Field(0, description="seed for sampling and augmentation")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when available)")
+    amp: bool = Field(True, description="mixed precision (CUDA only)")
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: none)")
+    parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
+
+
+def run(config: Config) -> dict:
+    """Train the student; returns the checkpoint URI and the final losses."""
+    from activedet.ssl.student import train_student
+
+    return train_student(config)

@@ -1,0 +1,84 @@
+"""S3-only behaviour: multipart uploads, missing buckets, the content cache (moto's HTTP server)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+
+import boto3
+import pytest
+
+from activedet import store
+from activedet.errors import StoreError
+
+
+@pytest.fixture
+def small_multipart(monkeypatch):
+    """S3's minimum part size is 5 MiB: lower the thresholds so ~12 MiB goes multipart."""
+    monkeypatch.setattr(store, "MULTIPART_THRESHOLD", 5 * 1024 * 1024)
+    monkeypatch.setattr(store, "MULTIPART_CHUNK", 5 * 1024 * 1024)
+
+
+def _etag(uri: str) -> str:
+    bucket, key = store._split_s3(uri)
+    return store.s3_client().head_object(Bucket=bucket, Key=key)["ETag"].strip('"')
+
+
+def test_multipart_upload_round_trip(s3_bucket, small_multipart, tmp_path):
+    data = os.urandom(12 * 1024 * 1024 + 123)
+    src = tmp_path / "big.bin"
+    src.write_bytes(data)
+    uri = store.join(s3_bucket, "big/file.bin")
+    store.upload(src, uri)
+    assert _etag(uri).endswith("-3")  # multipart ETags carry the part count
+    assert hashlib.sha256(store.download(uri, tmp_path / "back.bin").read_bytes()).digest() == hashlib.sha256(data).digest()
+    store.write_bytes(store.join(s3_bucket, "big/bytes.bin"), data)
+    assert "-" in _etag(store.join(s3_bucket, "big/bytes.bin"))
+    assert store.read_bytes(store.join(s3_bucket, "big/bytes.bin")) == data
+
+
+def test_small_object_single_part(s3_bucket):
+    uri = store.join(s3_bucket, "small.bin")
+    store.write_bytes(uri, b"x" * 1000)
+    assert "-" not in _etag(uri)
+
+
+def test_missing_bucket_error_names_uri(s3_bucket):
+    uri = "s3://no-such-bucket-activedet/k.bin"
+    with pytest.raises(StoreError, match="bucket does not exist: s3://no-such-bucket-activedet/k.bin"):
+        store.read_bytes(uri)
+    with pytest.raises(StoreError, match="no-such-bucket-activedet"):
+        store.write_bytes(uri, b"x")
+    with pytest.raises(StoreError, match="no-such-bucket-activedet"):
+        store.list_uris("s3://no-such-bucket-activedet/prefix")
+
+
+def test_missing_key_error_says_not_found(s3_bucket):
+    with pytest.raises(StoreError, match=f"object not found: {s3_bucket}/nope"):
+        store.read_bytes(f"{s3_bucket}/nope")
+
+
+def test_bad_s3_uri():
+    with pytest.raises(StoreError, match="bad S3 URI"):
+        store.read_bytes("s3:///key-without-bucket")
+
+
+def test_content_cache_prefetch_and_reuse(s3_bucket, tmp_path):
+    uris = []
+    for i in range(12):
+        uri = store.join(s3_bucket, f"imgs/{i:03d}.png")
+        store.write_bytes(uri, f"image-{i}".encode())
+        uris.append(uri)
+    cache = store.ContentCache(tmp_path / "cache")
+    assert cache.prefetch(uris + uris[:3], workers=4) == 12  # duplicates fetched once
+    for i, uri in enumerate(uris):
+        path = cache.fetch(uri)
+        assert path.read_bytes() == f"image-{i}".encode()
+        assert path.suffix == ".png"
+    assert cache.prefetch(uris) == 0  # all cached
+    # reuse: the cache never goes back to S3 for an object it holds
+    bucket, key = store._split_s3(uris[0])
+    boto3.client("s3", endpoint_url=os.environ["AWS_ENDPOINT_URL"]).delete_object(Bucket=bucket, Key=key)
+    assert cache.fetch(uris[0]).read_bytes() == b"image-0"
+    # a second cache on the same root sees the same files
+    assert store.ContentCache(tmp_path / "cache").prefetch(uris) == 0
