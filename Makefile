@@ -34,5 +34,14 @@ lint: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/run_all.py
 
+# Container images: wheel first, then both images; names/tags from activedet.images (like the components).
+IMAGE_GPU = $(shell $(BIN)/python -c 'from activedet import images; print(images.gpu_image())')
+IMAGE_CPU = $(shell $(BIN)/python -c 'from activedet import images; print(images.cpu_image())')
+images: $(STAMP)
+	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
+	docker build -f images/gpu/Dockerfile -t $(IMAGE_GPU) dist
+	docker build -f images/cpu/Dockerfile -t $(IMAGE_CPU) dist
+	@echo "built $(IMAGE_GPU) and $(IMAGE_CPU); push them with docker push"
+
 clean-venv:
 	rm -rf $(VENV)

@@ -36,7 +36,7 @@ def _config(tmp_path, **over) -> str:
 
 def test_continuous_pipeline_compiles(tmp_path):
     package, params = compile_continuous(_config(tmp_path), tmp_path / "continuous.yaml")
-    spec = yaml.safe_load(package.read_text())
+    spec = next(yaml.safe_load_all(package.read_text()))  # doc 2: platform (k8s) config
     tasks = spec["root"]["dag"]["tasks"]
     for name in ("begin", "ingest", "import-labels", "train-teacher", "train-student-ssl", "evaluate", "promote",
                  "merge-scores", "select-batch", "finish"):
@@ -85,7 +85,7 @@ def test_two_consecutive_cycles(tmp_path):
     ds2 = load_dataset(s2.dataset_uri)
     assert labeled_ids <= set(ds2.boxes.column("image_id").to_pylist())
     assert "ingest/drive2/frame_000001.png" in set(ds2.images.column("image_id").to_pylist())
-    ledger2 = dict(zip(*[read_ledger(s2.ledger_uri)[0].column(c).to_pylist() for c in ("image_id", "state")]))
+    ledger2 = dict(zip(*[read_ledger(s2.ledger_uri)[0].column(c).to_pylist() for c in ("image_id", "state")], strict=False))
     assert all(ledger2[i] == "labeled" for i in labeled_ids)
     # promotion only on improvement: the champion is c2's model iff its metric beat c1's
     if c2["promoted"]:

@@ -122,3 +122,11 @@ def test_cli_bad_cron_exit_2_without_contacting_server(tmp_path, capsys):
     assert main(["schedule", str(cfg), "--cron", "0 2 * *", "--host", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "4 fields" in err[0]
+
+
+def test_unreachable_host_is_one_line_exit_2(capsys):
+    from activedet.cli.main import main
+
+    assert main(["schedule", "list", "--host", "http://127.0.0.1:9"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cannot reach Kubeflow Pipelines at http://127.0.0.1:9" in err[0]

@@ -45,7 +45,7 @@ def test_cycles_are_unrolled_with_if_guards(cluster_experiment, tmp_path, compil
     assert count("start-run") == count("init") == count("finish-run") == 1
     conditions = {n: t for n, t in tasks.items() if "triggerPolicy" in t and "condition" in t["triggerPolicy"]}
     assert len(conditions) == cycles - 1
-    for name, task in conditions.items():
+    for task in conditions.values():
         gate = [d for d in task["dependentTasks"] if _base(d) == "cycle-gate"]
         assert len(gate) == 1 and f"pipelinechannel--{gate[0]}-Output'] == true" in task["triggerPolicy"]["condition"]
 

@@ -29,7 +29,7 @@ def table(rows, extra=None):
 
 
 def kept(result):
-    return sorted(zip(result.boxes.column("category_id").to_pylist(), [round(s, 4) for s in result.boxes.column("score").to_pylist()]))
+    return sorted(zip(result.boxes.column("category_id").to_pylist(), [round(s, 4) for s in result.boxes.column("score").to_pylist()], strict=True))
 
 
 CTX = FilterContext(category_ids=[1, 2, 3], pool_image_ids=["a", "b", "c", "d"])
@@ -136,7 +136,7 @@ def test_act_thresholds_from_labeled_distribution():
     assert res.thresholds == {1: pytest.approx(0.6), 2: pytest.approx(0.2), 3: None}
     assert res.per_class[1].reliable_threshold == pytest.approx(0.8)
     assert res.per_class[2].reliable_threshold == pytest.approx(0.3)
-    got = sorted(zip(res.boxes.column("score").to_pylist(), res.boxes.column("reliable").to_pylist()))
+    got = sorted(zip(res.boxes.column("score").to_pylist(), res.boxes.column("reliable").to_pylist(), strict=True))
     assert [(round(s, 2), r) for s, r in got] == [(0.2, False), (0.3, True), (0.6, False), (0.7, False), (0.8, True), (0.9, True)]
     assert res.info["expected"] == {"1": 4.0, "2": 2.0, "3": 0.0}
 

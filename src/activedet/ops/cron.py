@@ -121,4 +121,4 @@ def to_kfp_cron(expr: str) -> str:
             f"invalid cron expression {expr!r}: {len(parts)} fields; expected 5 (minute hour day month weekday) "
             "or 6 (second first, KFP's form)"
         )
-    return " ".join(_field(p, f, expr) for p, f in zip(parts, FIELDS))
+    return " ".join(_field(p, f, expr) for p, f in zip(parts, FIELDS, strict=False))

@@ -120,7 +120,11 @@ def kfp_client(host: str) -> Any:
     """A :class:`kfp.Client` for ``host`` (credentials from the standard KFP environment)."""
     import kfp
 
-    return kfp.Client(host=host)
+    try:
+        return kfp.Client(host=host)
+    except Exception as exc:  # connection refused, DNS, auth: the user fixes --host or credentials
+        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise ActivedetError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from exc
 
 
 #: compiles an experiment config file to a pipeline package; returns (package path, pipeline params)

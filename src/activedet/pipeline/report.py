@@ -34,7 +34,7 @@ def format_table(rows: list[dict]) -> str:
             line.append("-" if value is None else fmt.format(int(value) if fmt == "{:d}" else value))
         cells.append(line)
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
-    out = ["  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip() for r in cells]
+    out = ["  ".join(c.rjust(w) if i < 5 else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))).rstrip() for r in cells]
     out.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(out)
 
@@ -49,7 +49,7 @@ def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budge
     fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r["labeled"] for r in rows]
     for key in ("AP50", "AP"):
-        pts = [(x, r[key]) for x, r in zip(xs, rows) if r.get(key) is not None]
+        pts = [(x, r[key]) for x, r in zip(xs, rows, strict=True) if r.get(key) is not None]
         if pts:
             ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
     ax.set_xlabel("labeled images")

@@ -16,7 +16,14 @@ import pyarrow as pa
 from activedet import schema, store
 from activedet.errors import ActivedetError
 from activedet.models.types import ImagePrediction
-from activedet.ssl.filters import MERGE_IOU, MERGE_SCORE, FilterContext, FilterResult, apply_filter, merge_stats
+from activedet.ssl.filters import (
+    MERGE_IOU,
+    MERGE_SCORE,
+    FilterContext,
+    FilterResult,
+    apply_filter,
+    merge_stats,
+)
 from activedet.ssl.quality import flat_metrics, pseudo_label_quality
 from activedet.tracking import tracker_for
 
@@ -45,7 +52,7 @@ def split_sets(dataset, ledger: pa.Table) -> tuple[list[str], list[str]]:
 def filter_context(dataset, labeled: list[str], pool: list[str], seed: int = 0) -> FilterContext:
     """Filter context: labeled GT class counts, ``N_l`` and the pool."""
     lab = set(labeled)
-    cats = [c for i, c in zip(dataset.boxes.column("image_id").to_pylist(), dataset.boxes.column("category_id").to_pylist()) if i in lab]
+    cats = [c for i, c in zip(dataset.boxes.column("image_id").to_pylist(), dataset.boxes.column("category_id").to_pylist(), strict=True) if i in lab]
     counts = {c: cats.count(c) for c in dataset.category_ids}
     return FilterContext(
         category_ids=dataset.category_ids,
@@ -102,7 +109,7 @@ def generate_pseudo_labels(config) -> dict:
     from activedet.al.ledger import read_ledger
     from activedet.data.dataset import load_dataset
     from activedet.models.checkpoint import load_detector
-    from activedet.models.predict import Predictor
+    from activedet.models.predict import Predictor, resolve_device
 
     dataset = load_dataset(config.dataset_uri)
     ledger, _ = read_ledger(config.ledger_uri)
@@ -118,10 +125,11 @@ def generate_pseudo_labels(config) -> dict:
     apply_filter(config.filter, candidates_from_predictions([], with_merge_stats=True), context, params)
     rplm = config.filter == "act" and bool(params.get("rplm", False))
 
-    teacher = load_detector(config.teacher_checkpoint_uri, dataset=dataset, device=config.device)
+    device = resolve_device(config.device)
+    teacher = load_detector(config.teacher_checkpoint_uri, dataset=dataset, device=device)
     tracker = tracker_for(config, run_name="generate-pseudo-labels")
     tracker.log_params({"filter": config.filter, **{f"filter_{k}": v for k, v in params.items()}, "pool_images": len(pool)})
-    predictor = Predictor(teacher, device=config.device, batch_size=config.batch_size, score_floor=config.min_score)
+    predictor = Predictor(teacher, device=device, batch_size=config.batch_size, score_floor=config.min_score)
     preds = predictor.predict(dataset, pool, pre_nms=rplm)
     candidates = candidates_from_predictions(preds, min_score=config.min_score, with_merge_stats=rplm)
     result = apply_filter(config.filter, candidates, context, params)

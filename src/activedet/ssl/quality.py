@@ -23,7 +23,7 @@ KL_EPS = 1e-6
 def _by_image_class(table: pa.Table) -> dict[tuple[str, int], np.ndarray]:
     """Row indices grouped by (image_id, category_id)."""
     groups: dict[tuple[str, int], list[int]] = defaultdict(list)
-    for i, key in enumerate(zip(table.column("image_id").to_pylist(), table.column("category_id").to_pylist())):
+    for i, key in enumerate(zip(table.column("image_id").to_pylist(), table.column("category_id").to_pylist(), strict=True)):
         groups[(key[0], int(key[1]))].append(i)
     return {k: np.asarray(v) for k, v in groups.items()}
 
@@ -83,7 +83,7 @@ def pseudo_label_quality(pseudo_boxes: pa.Table, gt_boxes: pa.Table, categories:
     the class's KL term. Precision/recall are None when undefined (nothing to divide by).
     """
     cat_ids = sorted(int(c) for c in categories.column("id").to_pylist())
-    names = dict(zip((int(c) for c in categories.column("id").to_pylist()), categories.column("name").to_pylist()))
+    names = dict(zip((int(c) for c in categories.column("id").to_pylist()), categories.column("name").to_pylist(), strict=True))
     tp = match_tp(pseudo_boxes, gt_boxes, iou_threshold)
     p_cats = np.asarray(pseudo_boxes.column("category_id").to_numpy(zero_copy_only=False), np.int64) if pseudo_boxes.num_rows else np.zeros(0, np.int64)
     g_cats = np.asarray(gt_boxes.column("category_id").to_numpy(zero_copy_only=False), np.int64) if gt_boxes.num_rows else np.zeros(0, np.int64)

@@ -76,7 +76,7 @@ class _BatchIndices:
 
 
 def _collate(batch):
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
 
 

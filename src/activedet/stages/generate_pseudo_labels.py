@@ -33,7 +33,7 @@ class Config(StageConfig):
     output_uri: str = Field(description="output prefix for pseudo_boxes.parquet, thresholds.json, metrics.json")
     filter: str = Field("fixed", description="pseudo-label filter: fixed, per_class_topk, dynamic, act")
     filter_params: dict[str, Any] = Field(
-        default_factory=dict,
+        {},
         description="filter parameters, e.g. {tau: 0.99} (fixed), {k: 20} (per_class_topk), "
         "{tau: 0.7, gamma1: 0.05, gamma2: 0.6} (dynamic), {alpha: 20, rplm: true} (act)",
     )

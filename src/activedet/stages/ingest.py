@@ -142,7 +142,7 @@ def run(config: Config) -> dict:
     )
     known_uris = set(old_images.column("uri").to_pylist())
     known_ids = set(old_images.column("image_id").to_pylist())
-    known_content = {(e, s) for e, s in zip(index.column("etag").to_pylist(), index.column("size").to_pylist())}
+    known_content = {(e, s) for e, s in zip(index.column("etag").to_pylist(), index.column("size").to_pylist(), strict=False)}
 
     exts = tuple(e.lower() for e in config.extensions)
     objects = [o for o in store.list_objects(config.source_uri) if o["uri"].lower().endswith(exts)]

@@ -52,7 +52,7 @@ class Config(StageConfig):
         description="uncertain pseudo boxes: 'classification' (no box regression) or 'ignore' (dropped)",
     )
     empty_as_background: bool = Field(True, description="train pool images without pseudo boxes as pure background")
-    strong_augmentation: StrongAugmentation = Field(default_factory=StrongAugmentation, description="strong augmentation settings")
+    strong_augmentation: StrongAugmentation = Field(StrongAugmentation(), description="strong augmentation settings")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability (weak augmentation)")
     scale_jitter: tuple[float, float] | None = Field((0.8, 1.25), description="content zoom range of the weak augmentation (unset: none)")
     lr: float = Field(0.02, gt=0.0, description="base SGD learning rate")

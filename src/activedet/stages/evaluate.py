@@ -1,0 +1,147 @@
+"""Evaluate a detector (or a predictions table) against ground truth with pycocotools.
+
+Runs the checkpoint on the images of ``split`` (or reads ``predictions_uri``), then COCOeval
+(bbox): AP, AP50, AP75, APs/m/l, AR@1/10/100, per-class AP/AP50, and AP over the ``rare_k``
+rarest classes by labeled frequency (ledger's labeled train images; all train images without a
+ledger). Writes ``metrics.json``, ``per_class.parquet``, ``per_class.csv``, ``per_class_ap.png``
+and, when it ran a model, ``predictions.parquet``; logs the metrics to MLflow when configured.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import logging
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from activedet import schema, store
+from activedet.config import StageConfig
+from activedet.errors import ActivedetError, ConfigError
+
+log = logging.getLogger(__name__)
+
+
+class Config(StageConfig):
+    """Config of the evaluate stage."""
+
+    dataset_uri: str = Field(description="dataset prefix (images, gt boxes, categories)")
+    split: str = Field("val", description="split to evaluate on (train, val, test)")
+    checkpoint_uri: str | None = Field(None, description="checkpoint to run (exactly one of checkpoint_uri / predictions_uri)")
+    predictions_uri: str | None = Field(
+        None, description="boxes table to evaluate: a .parquet URI, or an output prefix holding predictions.parquet / boxes.parquet"
+    )
+    output_uri: str = Field(description="output prefix for metrics.json, per_class.parquet/.csv, per_class_ap.png")
+    ledger_uri: str | None = Field(None, description="ledger whose labeled images define class frequency for the rare-class AP")
+    rare_k: int = Field(10, ge=0, description="AP over this many rarest classes (by labeled frequency)")
+    batch_size: int = Field(8, ge=1, description="inference batch size")
+    score_floor: float = Field(0.01, ge=0.0, lt=1.0, description="drop detections scoring at or below this")
+    nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="per-class NMS IoU")
+    max_dets: int = Field(100, ge=1, description="detections kept per image")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when available)")
+
+    @model_validator(mode="after")
+    def _one_source(self) -> Config:
+        if (self.checkpoint_uri is None) == (self.predictions_uri is None):
+            raise ValueError("give exactly one of checkpoint_uri and predictions_uri")
+        return self
+
+
+def read_predictions(uri: str):
+    """A boxes table from a ``.parquet`` URI or a committed output prefix."""
+    if uri.endswith(".parquet"):
+        return store.read_table(uri)
+    store.require_committed(uri)
+    for name in ("predictions.parquet", "boxes.parquet", "pseudo_boxes.parquet"):
+        if store.exists(store.join(uri, name)):
+            return store.read_table(store.join(uri, name))
+    raise ConfigError(f"evaluate: no predictions.parquet or boxes.parquet under {uri}")
+
+
+def labeled_counts(dataset, ledger_uri: str | None) -> dict[int, int]:
+    """Ground-truth boxes per category over the labeled train images."""
+    from activedet.stages.train_teacher import labeled_ids
+
+    try:
+        ids = set(labeled_ids(dataset, ledger_uri))
+    except ActivedetError:  # an empty labeled set: every class counts 0
+        log.warning("evaluate: no labeled images found for the rare-class frequency; counting 0 for all")
+        ids = set()
+    counts = {int(c): 0 for c in dataset.category_ids}
+    for iid, c in zip(dataset.boxes.column("image_id").to_pylist(), dataset.boxes.column("category_id").to_pylist()):
+        if iid in ids:
+            counts[int(c)] += 1
+    return counts
+
+
+def run(config: Config) -> dict:
+    """Evaluate; returns the metrics and the output URI."""
+    from activedet.data.dataset import load_dataset
+    from activedet.models.evaluation import coco_evaluate, per_class_table, plot_per_class, rarest_classes
+    from activedet.tracking import tracker_for
+
+    dataset = load_dataset(config.dataset_uri)
+    ids = dataset.split_ids(config.split)
+    if not ids:
+        raise ConfigError(f"evaluate: split {config.split!r} of {config.dataset_uri} has no images")
+    images_per_s = None
+    if config.checkpoint_uri:
+        from activedet.models.checkpoint import load_detector
+        from activedet.models.predict import Predictor, predictions_to_boxes_table
+
+        detector = load_detector(config.checkpoint_uri, dataset=dataset, device="cpu")
+        predictor = Predictor(
+            detector, device=config.device, batch_size=config.batch_size, score_floor=config.score_floor,
+            nms_iou=config.nms_iou, max_dets=config.max_dets,
+        )
+        preds = predictions_to_boxes_table(predictor.predict(dataset, ids), dataset)
+        images_per_s = predictor.images_per_s
+    else:
+        preds, _ = schema.validate_boxes(
+            read_predictions(config.predictions_uri), images=dataset.images, categories=dataset.categories,
+            where=config.predictions_uri,
+        )
+    counts = labeled_counts(dataset, config.ledger_uri)
+    rare = rarest_classes(counts, config.rare_k) if config.rare_k else None
+    result = coco_evaluate(dataset.boxes, preds, dataset.images, dataset.categories, image_ids=ids, rare_ids=rare)
+    per_class = result["per_class"]
+    for r in per_class:
+        r["rare"] = rare is not None and r["category_id"] in rare
+        r["labeled_boxes"] = counts.get(r["category_id"], 0)
+    metrics = dict(result["metrics"])
+    if images_per_s is not None:
+        metrics["images_per_s"] = images_per_s
+    summary = {
+        "metrics": metrics,
+        "per_class": per_class,
+        "rare_classes": rare or [],
+        "split": config.split,
+        "dataset_uri": config.dataset_uri,
+        "checkpoint_uri": config.checkpoint_uri,
+        "predictions_uri": config.predictions_uri,
+    }
+    with store.OutputWriter(config.output_uri, meta={"stage": "evaluate"}) as out:
+        out.write_json("metrics.json", summary)
+        out.write_table("per_class.parquet", per_class_table(per_class))
+        out.write_bytes("per_class.csv", _csv(per_class).encode())
+        png = plot_per_class(per_class, out.local_file("per_class_ap.png"), title=f"per-class AP ({config.split})")
+        out.add_file("per_class_ap.png", png)
+        if config.checkpoint_uri:
+            out.write_table("predictions.parquet", preds)
+        tracker = tracker_for(config, run_name="evaluate")
+        tracker.log_params({"split": config.split, "checkpoint_uri": config.checkpoint_uri, "predictions_uri": config.predictions_uri})
+        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if v is not None})
+        tracker.log_metrics({f"eval/AP/{r['name']}": r["ap"] for r in per_class if r["ap"] is not None})
+        tracker.log_artifact(png, "evaluate")
+    log.info("evaluate: AP %.4f AP50 %.4f on %d %s images", metrics["AP"] or 0.0, metrics["AP50"] or 0.0, len(ids), config.split)
+    return {"output_uri": config.output_uri, **{k: v for k, v in metrics.items()}}
+
+
+def _csv(rows: list[dict]) -> str:
+    buf = io.StringIO()
+    fields = ["category_id", "name", "ap", "ap50", "num_gt", "num_pred", "labeled_boxes", "rare"]
+    w = csv.DictWriter(buf, fieldnames=fields, extrasaction="ignore")
+    w.writeheader()
+    w.writerows(rows)
+    return buf.getvalue()

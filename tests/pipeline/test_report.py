@@ -1,0 +1,40 @@
+"""Run summaries: the table and the plots, read back from a run's store layout."""
+
+from __future__ import annotations
+
+from activedet import store
+from activedet.pipeline import report
+from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.layout import RunLayout
+from activedet.pipeline.steps import flatten_numbers
+
+ROWS = [
+    {"cycle": 0, "labeled": 40, "AP": 0.1234, "AP50": 0.3, "pseudo_labels": 120, "strategy": "random (initial)"},
+    {"cycle": 1, "labeled": 80, "AP": 0.2, "AP50": 0.45, "pseudo_labels": None, "strategy": "topk"},
+]
+
+
+def test_table_has_one_line_per_cycle_and_the_agreed_columns():
+    lines = report.format_table(ROWS).splitlines()
+    assert lines[0].split() == ["cycle", "labeled", "AP", "AP50", "pseudo-labels", "strategy"]
+    assert lines[2].split()[:5] == ["0", "40", "0.123", "0.300", "120"]
+    assert lines[3].split()[4] == "-"  # missing value shown as '-'
+    assert len(lines) == 2 + len(ROWS)
+
+
+def test_rows_are_read_in_cycle_order_and_plots_are_written(tmp_path):
+    exp = load_experiment({"dataset": {"uri": "/d"}, "initial_size": 40, "budget": 40, "cycles": 12})
+    lay = RunLayout(str(tmp_path / "run"), exp)
+    for cycle in (10, 2, 0):  # 'cycle-10' sorts before 'cycle-2' as text
+        store.write_json(lay.summary_row(cycle), {"cycle": cycle, "labeled": 40 * (cycle + 1), "AP": 0.1})
+    store.write_json(store.join(lay.summary_dir, "summary.json"), {"not": "a row"})
+    assert [r["cycle"] for r in report.read_rows(lay)] == [0, 2, 10]
+    png = report.plot_budget_curve(ROWS, tmp_path / "curve.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    png = report.plot_per_class({"car": 0.5, "truck": 0.1}, tmp_path / "pc.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_flatten_numbers_keeps_numeric_leaves_only():
+    out = flatten_numbers({"a": 1, "b": {"c": 2.5, "d": "x", "e": True, "f": float("nan")}, "g": [1, 2]})
+    assert out == {"a": 1.0, "b.c": 2.5}
