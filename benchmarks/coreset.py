@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing as mp
+import os
 import resource
 import time
 
@@ -26,7 +27,11 @@ def _rss_mb() -> float:
     return 0.0
 
 
-def _case(kind: str, n: int, d: int, k: int, labeled: int, device: str, queue) -> None:
+def _case(kind: str, n: int, d: int, k: int, labeled: int, device: str, threads: int, queue) -> None:
+    import os
+
+    for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(threads)  # before numpy/torch load their BLAS
     import numpy as np
     import torch
 
@@ -54,7 +59,7 @@ def _case(kind: str, n: int, d: int, k: int, labeled: int, device: str, queue) -
     secs = time.perf_counter() - t0
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
     gpu = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    queue.put({"kind": kind, "n": n, "d": d, "k": k, "labeled": labeled, "device": device, "seconds": secs,
+    queue.put({"threads": threads, "kind": kind, "n": n, "d": d, "k": k, "labeled": labeled, "device": device, "seconds": secs,
                "peak_mb": peak, "gpu_peak_mb": gpu, "radius": res.radius, "first": res.indices[:5].tolist()})
 
 
@@ -81,18 +86,21 @@ def main() -> None:
     parser.add_argument("--k", type=int, default=2_000, help="budget k")
     parser.add_argument("--labeled", type=int, default=2_000, help="initial centers L (labeled images)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="BLAS threads (1: on a shared 2-core machine more threads only add contention)")
     parser.add_argument("--full-matrix-gb", type=float, default=2.0, help="memory allowed to the full-matrix baseline")
     args = parser.parse_args()
 
-    print(f"core-set k-center greedy: N={args.n:,} d={args.d} k={args.k:,} L={args.labeled:,} on {args.device}")
-    main_case = run_case("chunked", args.n, args.d, args.k, args.labeled, args.device)
+    print(f"core-set k-center greedy: N={args.n:,} d={args.d} k={args.k:,} L={args.labeled:,} on {args.device}, "
+          f"{args.threads} BLAS thread(s), load average {os.getloadavg()[0]:.1f}")
+    main_case = run_case("chunked", args.n, args.d, args.k, args.labeled, args.device, args.threads)
     print(_show(main_case))
     # full matrix: [N, N + L] float32 distances plus ~2 temporaries of the same size
     n_full = int(((args.full_matrix_gb * 2**30 / 12) ** 0.5) - args.labeled)
     n_full = max(1000, min(n_full, args.n))
     k_full = min(args.k, n_full)
-    full = run_case("full-matrix", n_full, args.d, k_full, args.labeled, "cpu")
-    same = run_case("chunked", n_full, args.d, k_full, args.labeled, args.device)
+    full = run_case("full-matrix", n_full, args.d, k_full, args.labeled, "cpu", args.threads)
+    same = run_case("chunked", n_full, args.d, k_full, args.labeled, args.device, args.threads)
     print(f"baseline at the largest N the full matrix fits in {args.full_matrix_gb:g} GB:")
     print(_show(full))
     print(_show(same))

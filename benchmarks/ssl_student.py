@@ -9,6 +9,9 @@ val + test splits. Prints a table of mean +- std over seeds and writes
 ``benchmarks/results/ssl_student.{json,csv,png}``. Not a test: nothing is asserted.
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ssl_student.py                  # ~15 min, 2 cores
+    # or one seed per process, then merge:
+    .venv/bin/python benchmarks/ssl_student.py --seeds 1 --out /tmp/r1   # (x3, in parallel)
+    .venv/bin/python benchmarks/ssl_student.py --combine /tmp/r0/ssl_student.json /tmp/r1/ssl_student.json ...
     .venv/bin/python benchmarks/ssl_student.py --seeds 0 --teacher-iters 60 --student-iters 30  # smoke
 """
 
@@ -166,6 +169,25 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.savefig(path, dpi=120)
 
 
+COLUMNS = ["model", "AP", "AP50", "AP - teacher", "wins", "pseudo boxes", "pseudo precision"]
+
+
+def combine(paths: list[Path], out: Path | None) -> None:
+    """Merge per-seed result files into one table, JSON, CSV and plot."""
+    import json
+
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    rows = [r for run in runs for r in run["rows"]]
+    summary = summarise(rows)
+    print(format_table(summary, COLUMNS))
+    settings = {**runs[0]["settings"], "seeds": sorted({r["seed"] for r in rows}), "combine": [str(p) for p in paths]}
+    payload = {"settings": settings, "filter_params": runs[0]["filter_params"], "rows": rows, "summary": summary,
+               "seconds": [run["seconds"] for run in runs], "machine": runs[0]["machine"]}
+    jpath, _ = write_results("ssl_student", payload, rows, out)
+    plot(rows, jpath.with_suffix(".png"))
+    progress(f"combined {len(paths)} runs -> {jpath}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -179,8 +201,13 @@ def main() -> None:
     ap.add_argument("--student-warmup", type=int, default=10)
     ap.add_argument("--filters", nargs="+", default=list(FILTER_SETTINGS), choices=list(FILTER_SETTINGS))
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
+    ap.add_argument("--combine", type=Path, nargs="+", default=None,
+                    help="merge the ssl_student.json of runs made with one seed each (run in parallel) and report")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
+    if args.combine:
+        combine(args.combine, args.out)
+        return
 
     import torch
 
@@ -196,8 +223,7 @@ def main() -> None:
             rows += run_seed(seed, args, root, dataset_uri)
         elapsed = total()
     summary = summarise(rows)
-    cols = ["model", "AP", "AP50", "AP - teacher", "wins", "pseudo boxes", "pseudo precision"]
-    print(format_table(summary, cols))
+    print(format_table(summary, COLUMNS))
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"settings": settings, "filter_params": FILTER_SETTINGS, "rows": rows, "summary": summary,
                "seconds": elapsed, "machine": machine()}

@@ -88,7 +88,7 @@ def export_batch(dataset_uri: str, selection_uri: str, output_uri: str) -> Expor
         images.append(entry)
         manifest.append({"source-ref": dataset.resolve_uri(img["uri"][k]), "image_id": iid, "file_name": img["uri"][k],
                          "width": entry["width"], "height": entry["height"]})
-    categories = [{"id": int(c), "name": n} for c, n in zip(dataset.category_ids, dataset.class_names)]
+    categories = [{"id": int(c), "name": n} for c, n in zip(dataset.category_ids, dataset.class_names, strict=True)]
     coco = {"info": {"description": "activedet batch", "selection_uri": selection_uri},
             "images": images, "annotations": [], "categories": categories}
     with store.OutputWriter(output_uri) as out:
@@ -114,7 +114,7 @@ def _load_coco(coco_uri: str) -> dict:
 
 def _map_images(coco: dict, dataset, selected: list[str], where: str) -> dict[int, str]:
     """COCO image id -> activedet image_id, rejecting images outside the selection."""
-    uri_of = dict(zip(dataset.images.column("image_id").to_pylist(), dataset.images.column("uri").to_pylist()))
+    uri_of = dict(zip(dataset.images.column("image_id").to_pylist(), dataset.images.column("uri").to_pylist(), strict=True))
     by_name = {uri_of[i]: i for i in selected if i in uri_of}
     by_base: dict[str, list[str]] = {}
     for i in selected:
@@ -147,7 +147,7 @@ def _map_images(coco: dict, dataset, selected: list[str], where: str) -> dict[in
 
 def _map_categories(coco: dict, dataset, where: str) -> dict[int, int]:
     """COCO category id -> dataset category id (by name, else by id)."""
-    names = dict(zip(dataset.class_names, dataset.category_ids))
+    names = dict(zip(dataset.class_names, dataset.category_ids, strict=True))
     ids = set(dataset.category_ids)
     out: dict[int, int] = {}
     for cat in coco.get("categories", []):

@@ -7,7 +7,14 @@ import pytest
 from activedet import store
 from activedet.al import ledger as L
 from activedet.cli.main import main
-from activedet.labels import COCO_FILE, LABELS_FILE, MANIFEST_FILE, LabelImportError, export_batch, import_labels
+from activedet.labels import (
+    COCO_FILE,
+    LABELS_FILE,
+    MANIFEST_FILE,
+    LabelImportError,
+    export_batch,
+    import_labels,
+)
 from activedet.stages import init, select_batch
 
 

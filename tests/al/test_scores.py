@@ -2,11 +2,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from al_helpers import dets, prediction
 
 from activedet.al import scores as S
 from activedet.errors import ActivedetError, ConfigError
-
-from al_helpers import dets, prediction
 
 BOX = [[10, 10, 30, 30]]
 

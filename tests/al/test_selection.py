@@ -86,6 +86,8 @@ def test_topk_ranks_by_score_with_nan_last():
     other = select("topk", SelectionInput(ids, 2, scores=sc, params=SelectionParams(score="inconsistency")))
     inc = sc.column("inconsistency").to_pylist()
     assert other.ids == [ids[i] for i in np.argsort(inc)[::-1][:2]]
+    with pytest.raises(ActivedetError, match="use strategy 'unified'"):
+        select("topk", SelectionInput(ids, 2, scores=sc, params=SelectionParams(score="unified")))
     with pytest.raises(ActivedetError, match="score column 'nope'"):
         select("topk", SelectionInput(ids, 2, scores=sc, params=SelectionParams(score="nope")))
 
@@ -113,7 +115,7 @@ def test_coreset_uses_labeled_as_centers():
                    "embedding": pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1)), 2)})
     picked = select("coreset", SelectionInput(pool, 1, scores=sc, labeled=["lab"], params=SelectionParams(device="cpu")))
     assert picked.ids[0] in ("b1", "b2")
-    with pytest.raises(ActivedetError, match="no row"):
+    with pytest.raises(ActivedetError, match="include_labeled.*no row"):
         select("coreset", SelectionInput(pool, 1, scores=sc, labeled=["missing"]))
 
 
@@ -121,7 +123,7 @@ def test_prefilter_coreset_only_picks_among_uncertain(world):
     images, ids, labeled, pool, scores = world
     picked = select("prefilter_coreset", SelectionInput(pool, 3, scores=scores, labeled=labeled,
                                                         params=SelectionParams(prefilter_factor=2, device="cpu")))
-    ent = dict(zip(ids, scores.column("entropy").to_pylist()))
+    ent = dict(zip(ids, scores.column("entropy").to_pylist(), strict=True))
     top6 = sorted(pool, key=lambda i: -ent[i])[:6]
     assert set(picked.ids) <= set(top6)
 

@@ -159,3 +159,12 @@ def test_select_batch_on_s3(s3_bucket, tmp_path):
                                                strategy="random", budget=3))
     assert select_batch.read_selection(res.selection_uri).num_rows == 3
     assert L.counts(L.read_ledger(res.ledger_uri)[0]) == {"labeled": 2, "unlabeled": 3, "pending": 3}
+
+
+@pytest.mark.parametrize("n, count, align", [(14, 4, 1), (14, 4, 4), (3, 5, 2), (0, 3, 8), (101, 7, 8)])
+def test_shard_slices_partition_the_pool_at_batch_boundaries(n, count, align):
+    ids = [f"i{k:03d}" for k in range(n)]
+    parts = [score_unlabeled.shard_slice(ids, i, count, align) for i in range(count)]
+    assert sum(parts, []) == ids
+    starts = np.cumsum([0] + [len(p) for p in parts[:-1]])
+    assert all(s % align == 0 for s, p in zip(starts, parts, strict=True) if p)

@@ -169,3 +169,14 @@ def test_plan_builds_a_valid_config_for_each_stage(stage, cluster_experiment, de
         mapping = plan.stage_config(stage, exp, "s3://b/run", 1, tracking_uri="sqlite:///x.db", mlflow_run_id="abc")
         config = load_config(module.Config, mapping, where=stage)
         assert config.mlflow_run_id == "abc"
+
+
+def test_submit_errors_are_one_line_exit_2(tmp_path, capsys):
+    cfg = tmp_path / "sub.yaml"
+    cfg.write_text("name: sub\ndataset: {uri: s3://b/d}\ninitial_size: 1\nbudget: 1\ncycles: 2\n")
+    assert main(["submit", str(cfg), "--host", "http://127.0.0.1:9"]) == 2
+    assert "store_root is required" in capsys.readouterr().err
+    cfg.write_text(cfg.read_text() + "store_root: s3://b/runs\n")
+    assert main(["submit", str(cfg), "--host", "http://127.0.0.1:9"]) == 2  # nothing listens on port 9
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("activedet: error: submit to http://127.0.0.1:9 failed")

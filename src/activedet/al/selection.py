@@ -83,13 +83,16 @@ class SelectionInput:
         index = {iid: k for k, iid in enumerate(self.scores.column("image_id").to_pylist())}
         rows = np.array([index.get(i, -1) for i in ids], np.int64)
         if (rows < 0).any():
-            missing = [i for i, r in zip(ids, rows) if r < 0]
+            missing = [i for i, r in zip(ids, rows, strict=True) if r < 0]
             raise ActivedetError(f"scores table has no row for {len(missing)} image(s) ({what}), e.g. {missing[0]!r}")
         return rows
 
     def column(self, name: str, ids: list[str] | None = None) -> np.ndarray:
         """Float64 values of score column ``name`` for ``ids`` (default: the pool)."""
         ids = self.pool if ids is None else ids
+        if name == "unified":
+            raise ActivedetError("'unified' is not a score column: use strategy 'unified' (top unified_factor * budget "
+                                 "by entropy, ranked by inconsistency)")
         if self.scores is None or name not in self.scores.column_names:
             have = [] if self.scores is None else [c for c in self.scores.column_names if c not in ("image_id", "embedding", "pred_classes")]
             raise ActivedetError(f"selection needs score column {name!r}; the scores table has {have}")
@@ -158,7 +161,7 @@ def uniform_candidates(pool: list[str], images: pa.Table | None, n: int) -> list
         for iid, seq, fr in zip(
             images.column("image_id").to_pylist(),
             images.column("sequence_id").to_pylist(),
-            images.column("frame_index").to_pylist(),
+            images.column("frame_index").to_pylist(), strict=False,
         )
     }
     by_seq: dict[str, list[tuple[int, str]]] = {}
@@ -182,7 +185,10 @@ def _even_subset(items: list[str], k: int) -> list[str]:
 
 def _coreset(inp: SelectionInput, candidates: list[str], k: int) -> Picked:
     cand = inp.embeddings(candidates)
-    centers = inp.embeddings(inp.labeled) if inp.labeled else None
+    try:
+        centers = inp.embeddings(inp.labeled) if inp.labeled else None
+    except ActivedetError as exc:
+        raise ActivedetError(f"core-set needs the labeled images' embeddings (score with include_labeled): {exc}") from None
     res = k_center_greedy(cand, k, centers=centers, seed=inp.seed, device=inp.params.device)
     log.info("core-set: %d picked from %d candidates, %d initial centers; covering radius %.4f",
              len(res.indices), len(candidates), 0 if centers is None else len(centers), res.radius)

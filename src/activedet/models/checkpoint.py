@@ -176,8 +176,8 @@ def check_classes(meta: dict, dataset, *, where: str) -> None:
     theirs = (dataset.category_ids, dataset.class_names)
     if ours != theirs:
         raise CheckpointError(
-            f"checkpoint {where} was trained on classes {dict(zip(*ours))} but dataset "
-            f"{dataset.uri} has {dict(zip(*theirs))}"
+            f"checkpoint {where} was trained on classes {dict(zip(*ours, strict=False))} but dataset "
+            f"{dataset.uri} has {dict(zip(*theirs, strict=False))}"
         )
 
 

@@ -163,7 +163,7 @@ class InfiniteSampler(Sampler[int]):
 
 def collate(batch):
     """``[(image, target), ...]`` -> ``(list[image], list[target])`` (torchvision's detection input)."""
-    images, targets = zip(*batch)
+    images, targets = zip(*batch, strict=False)
     return list(images), list(targets)
 
 

@@ -37,14 +37,14 @@ def to_coco(boxes: pa.Table, images: pa.Table, categories: pa.Table, image_index
     """A COCO-format dict (``images``, ``annotations``, ``categories``) of a boxes table."""
     ids = images.column("image_id").to_pylist()
     widths, heights = images.column("width").to_pylist(), images.column("height").to_pylist()
-    imgs = [{"id": image_index[i], "width": w, "height": h} for i, w, h in zip(ids, widths, heights) if i in image_index]
-    cats = [{"id": int(c), "name": n} for c, n in zip(categories.column("id").to_pylist(), categories.column("name").to_pylist())]
+    imgs = [{"id": image_index[i], "width": w, "height": h} for i, w, h in zip(ids, widths, heights, strict=False) if i in image_index]
+    cats = [{"id": int(c), "name": n} for c, n in zip(categories.column("id").to_pylist(), categories.column("name").to_pylist(), strict=False)]
     anns = []
     keep = [i in image_index for i in boxes.column("image_id").to_pylist()]
     boxes = boxes.filter(pa.array(keep, pa.bool_()))
     cols = {c: boxes.column(c).to_numpy().astype(np.float64) for c in ("x1", "y1", "x2", "y2", "score")}
     crowd = boxes.column("iscrowd").to_pylist() if "iscrowd" in boxes.column_names else [False] * boxes.num_rows
-    for k, (iid, cat) in enumerate(zip(boxes.column("image_id").to_pylist(), boxes.column("category_id").to_pylist())):
+    for k, (iid, cat) in enumerate(zip(boxes.column("image_id").to_pylist(), boxes.column("category_id").to_pylist(), strict=False)):
         w = cols["x2"][k] - cols["x1"][k]
         h = cols["y2"][k] - cols["y1"][k]
         ann = {
@@ -106,9 +106,9 @@ def coco_evaluate(
     _quiet(ev.evaluate)
     _quiet(ev.accumulate)
     _quiet(ev.summarize)
-    metrics: dict[str, float | None] = {n: (float(v) if v > -1 else None) for n, v in zip(STAT_NAMES, ev.stats)}
+    metrics: dict[str, float | None] = {n: (float(v) if v > -1 else None) for n, v in zip(STAT_NAMES, ev.stats, strict=False)}
     precision = ev.eval["precision"]  # [T, R, K, A, M]
-    names = dict(zip(categories.column("id").to_pylist(), categories.column("name").to_pylist()))
+    names = dict(zip(categories.column("id").to_pylist(), categories.column("name").to_pylist(), strict=False))
     gt_counts = _count(gt, image_index)
     pred_counts = _count(preds, image_index)
     per_class = []
@@ -134,7 +134,7 @@ def coco_evaluate(
 
 def _count(boxes: pa.Table, image_index: dict[str, int]) -> dict[int, int]:
     out: dict[int, int] = {}
-    for iid, c in zip(boxes.column("image_id").to_pylist(), boxes.column("category_id").to_pylist()):
+    for iid, c in zip(boxes.column("image_id").to_pylist(), boxes.column("category_id").to_pylist(), strict=False):
         if iid in image_index:
             out[int(c)] = out.get(int(c), 0) + 1
     return out

@@ -123,7 +123,7 @@ class Predictor:
         main = self._forward(images, pre_nms=pre_nms, embeddings=embeddings, mc_samples=mc_samples)
         flipped = self._forward([im.flip(-1) for im in images]) if flip_tta else None
         out = []
-        for k, (iid, im) in enumerate(zip(image_ids, images)):
+        for k, (iid, im) in enumerate(zip(image_ids, images, strict=False)):
             h, w = im.shape[-2:]
             r = main[k]
             pred = ImagePrediction(image_id=iid, width=int(w), height=int(h), detections=self._dets(r, ""))
@@ -175,13 +175,13 @@ class Predictor:
             with mc_dropout(rh.box_head):
                 passes = [rh.class_probs_for(features, kept, image_list.image_sizes) for _ in range(mc_samples)]
             stacked = torch.stack(passes)  # [T, sum N, C+1]
-            for r, p in zip(results, stacked.split(counts, dim=1)):
+            for r, p in zip(results, stacked.split(counts, dim=1), strict=False):
                 r["mc_probs"] = p
         if embeddings:
             pooled = torch.cat([f.mean(dim=(-2, -1)) for name, f in features.items() if name != "pool"], dim=1)
-            for r, e in zip(results, F.normalize(pooled.float(), dim=1)):
+            for r, e in zip(results, F.normalize(pooled.float(), dim=1), strict=False):
                 r["embedding"] = e
-        for r, resized, orig in zip(results, image_list.image_sizes, original):
+        for r, resized, orig in zip(results, image_list.image_sizes, original, strict=False):
             scale = torch.tensor(
                 [orig[1] / resized[1], orig[0] / resized[0], orig[1] / resized[1], orig[0] / resized[0]],
                 device=r["boxes"].device,

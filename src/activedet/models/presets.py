@@ -38,8 +38,8 @@ from torchvision.models.detection import (
 from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
-from activedet.models.roi_heads import DropoutTwoMLPHead, WeightedRoIHeads
 from activedet.errors import ConfigError
+from activedet.models.roi_heads import DropoutTwoMLPHead, WeightedRoIHeads
 from activedet.registry import Registry
 
 PRESETS: Registry[Callable[..., FasterRCNN]] = Registry("detector preset")
@@ -158,7 +158,6 @@ def resnet50_fpn(
         num_classes=num_classes,
         min_size=min_size,
         max_size=max_size,
-        trainable_backbone_layers=5,
     )
     return _swap_heads(model, dropout_p=dropout_p, train_dropout=train_dropout, representation=1024)
 

@@ -121,7 +121,7 @@ class WeightedRoIHeads(RoIHeads):
 
     def _sample_weights(self, targets, matched_idxs, labels) -> tuple[Tensor, Tensor]:
         weights, regress = [], []
-        for t, m, lab in zip(targets, matched_idxs, labels):
+        for t, m, lab in zip(targets, matched_idxs, labels, strict=False):
             n_gt = t["boxes"].shape[0]
             fg = lab > 0
             w_gt = t.get("weights")
@@ -172,7 +172,7 @@ class WeightedRoIHeads(RoIHeads):
         probs = F.softmax(class_logits.float(), -1)
         counts = [p.shape[0] for p in proposals]
         out = []
-        for boxes, p, shape in zip(pred_boxes.split(counts), probs.split(counts), image_shapes):
+        for boxes, p, shape in zip(pred_boxes.split(counts), probs.split(counts), image_shapes, strict=False):
             out.append(self._postprocess_one(boxes, p, shape))
         return out
 

@@ -171,7 +171,7 @@ class Trainer:
         if not torch.isfinite(total):
             raise TrainingDivergedError(
                 f"{self.desc}: loss is not finite at iteration {self.iteration} "
-                f"({ {k: float(v) for k, v in losses.items()} }); lower the learning rate"
+                f"({ {k: float(v.detach()) for k, v in losses.items()} }); lower the learning rate"
             )
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -60,9 +61,11 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None) -> Local
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     pipeline = build_pipeline(exp, platform=False)
     outcome = LocalRun(run_dir=run_dir, run_root=run_root, tracking_uri=exp.mlflow.tracking_uri, experiment=exp)
-    _quiet_kfp_warnings()
     try:
-        pipeline(experiment=exp.to_json(), run_root=run_root)
+        with warnings.catch_warnings():
+            # kfp.local warns on every task whose image name lacks "python"; here the venv runs them.
+            warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
+            pipeline(experiment=exp.to_json(), run_root=run_root)
     except RuntimeError as exc:  # kfp.local's way of reporting a failed task
         outcome.state = "FAILED"
         raise ActivedetError(f"pipeline run failed: {str(exc).splitlines()[0]} (outputs and logs in {run_dir})") from None
@@ -71,17 +74,3 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None) -> Local
     if not store.is_s3(curve) and store.exists(curve):
         outcome.budget_curve = store.local_path(curve)
     return outcome
-
-
-class _DropImageWarning(logging.Filter):
-    """kfp.local warns on every task that our images' names lack 'python'; the venv is what runs."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return "non-Python base image" not in record.getMessage()
-
-
-def _quiet_kfp_warnings() -> None:
-    root = logging.getLogger()
-    if not any(isinstance(f, _DropImageWarning) for f in root.filters):
-        for handler in root.handlers:
-            handler.addFilter(_DropImageWarning())

@@ -216,19 +216,24 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> N
 
 
 def _eval_metrics(lay: RunLayout, cycle: int, eval_result: dict) -> dict:
+    """The evaluate stage's metrics (flat: AP, AP50, ...) plus ``per_class_AP`` {name: AP}."""
+    metrics = {k: v for k, v in eval_result.items() if k != "output_uri"}
     uri = store.join(lay.eval(cycle), "metrics.json")
     if store.exists(uri):
         data = store.read_json(uri)
         if isinstance(data, dict):
-            return data
-    return eval_result
+            metrics.update(data.get("metrics") or {})
+            rows = data.get("per_class") or []
+            metrics["per_class_AP"] = {
+                str(r.get("name", r.get("category_id"))): r["ap"] for r in rows if isinstance(r, dict) and r.get("ap") is not None
+            }
+    return metrics
 
 
 def _per_class(metrics: dict) -> dict[str, float]:
-    for key in ("per_class_AP", "per_class_ap", "per_class"):
-        value = metrics.get(key)
-        if isinstance(value, dict):
-            return {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    value = metrics.get("per_class_AP")
+    if isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     return {}
 
 
@@ -300,7 +305,8 @@ def _track_cycle(exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, r
     client = _client(uri)
     summary = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     summary["labeled_count"] = row["labeled"]
-    summary.update({f"eval.{k}": v for k, v in flatten_numbers(metrics).items()})
+    summary.update({f"eval.{k}": v for k, v in flatten_numbers(metrics).items() if not k.startswith("per_class_AP.")})
+    summary.update({f"AP.{k}": v for k, v in _per_class(metrics).items()})
     summary.update({f"pseudo.{k}": v for k, v in flatten_numbers(pseudo).items()})
     _log_metrics(client, cycle_run_id, summary, step=row["cycle"])
     with tempfile.TemporaryDirectory() as tmp:

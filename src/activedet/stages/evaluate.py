@@ -69,7 +69,7 @@ def labeled_counts(dataset, ledger_uri: str | None) -> dict[int, int]:
         log.warning("evaluate: no labeled images found for the rare-class frequency; counting 0 for all")
         ids = set()
     counts = {int(c): 0 for c in dataset.category_ids}
-    for iid, c in zip(dataset.boxes.column("image_id").to_pylist(), dataset.boxes.column("category_id").to_pylist()):
+    for iid, c in zip(dataset.boxes.column("image_id").to_pylist(), dataset.boxes.column("category_id").to_pylist(), strict=False):
         if iid in ids:
             counts[int(c)] += 1
     return counts

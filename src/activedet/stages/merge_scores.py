@@ -40,7 +40,7 @@ def merge_tables(parts: list[tuple[dict, pa.Table]], where: str = "merge-scores"
     got = [m["shard"] for m, _ in parts]
     if got != list(range(count)) or any(m["num_shards"] != count for m, _ in parts):
         raise ActivedetError(f"{where}: expected shards 0..{count - 1} of {count} exactly once, got {got}")
-    for key in ("pool_digest", "scores", "embedding", "ledger_uri", "include_labeled"):
+    for key in ("pool_digest", "scores", "embedding", "ledger_uri", "include_labeled", "checkpoint_uri", "batch_size", "seed"):
         values = {str(m.get(key)) for m, _ in parts}
         if len(values) > 1:
             raise ActivedetError(f"{where}: shards disagree on {key!r}: {sorted(values)}")

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Literal
 
@@ -58,11 +59,12 @@ class Config(StageConfig):
         "background", description="inconsistency: unmatched boxes scored against background, or ignored"
     )
     mc_samples: int = Field(10, ge=2, description="mc_dropout: number of stochastic passes T")
+    seed: int = Field(0, description="seed of the MC-dropout masks (per batch, so shards reproduce a single run)")
     include_labeled: bool = Field(False, description="also score labeled and pending images (core-set needs their embeddings)")
     split: str = Field("train", description="dataset split of the pool")
     shard: str = Field("0/1", description="'i/n': score the i-th of n contiguous slices of the pool")
     batch_size: int = Field(8, ge=1, description="inference batch size")
-    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
+    num_workers: int = Field(0, ge=0, description="data-loader worker processes (accepted for the pipeline; the predictor reads images in-process)")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
 
     @field_validator("scores")
@@ -106,10 +108,15 @@ def parse_shard(spec: str) -> tuple[int, int]:
     return i, n
 
 
-def shard_slice(ids: list[str], index: int, count: int) -> list[str]:
-    """The ``index``-th of ``count`` contiguous slices of ``ids`` (sizes differ by at most one)."""
-    n = len(ids)
-    return ids[index * n // count : (index + 1) * n // count]
+def shard_slice(ids: list[str], index: int, count: int, align: int = 1) -> list[str]:
+    """The ``index``-th of ``count`` contiguous slices of ``ids``, cut at multiples of ``align``.
+
+    Slices hold whole units of ``align`` ids (the last unit may be short); unit counts differ by
+    at most one between slices. Aligning to the batch size makes every shard run exactly the
+    batches a single run would.
+    """
+    units = -(-len(ids) // align)
+    return ids[(index * units // count) * align : ((index + 1) * units // count) * align]
 
 
 def pool_digest(ids: list[str]) -> str:
@@ -177,19 +184,35 @@ def score_predictions(
 
 
 def _predictions(config: Config, dataset, ids: list[str], needs: set[str], with_embedding: bool) -> Iterator[ImagePrediction]:
-    """Run the detector over ``ids`` asking for exactly the prediction parts the scores need."""
-    from activedet.models import inference  # the detector package; imported late (torch, weights)
+    """Run the detector over ``ids`` asking for exactly the prediction parts the scores need.
 
-    predictor = inference.Predictor.from_checkpoint(config.checkpoint_uri, device=config.device)
-    yield from predictor.predict(
-        dataset,
-        ids,
-        batch_size=config.batch_size,
-        num_workers=config.num_workers,
-        flip="flipped" in needs,
-        mc_samples=config.mc_samples if "mc_probs" in needs else 0,
-        embedding=with_embedding,
-    )
+    The predictor applies NMS (per class) before anything is scored (Elezi supplementary 6.1).
+    Batches are cut at multiples of ``batch_size`` of the pool order (shards are aligned to them,
+    see :func:`shard_slice`) and torch's RNG is seeded per batch from ``seed`` and the batch's
+    first image id, so MC-dropout masks -- and hence every score -- are the same whether a batch
+    ran in one shard or another.
+    """
+    import torch
+
+    from activedet.models.checkpoint import load_detector  # torch and weights: imported late
+    from activedet.models.data import read_image
+    from activedet.models.predict import Predictor, resolve_device
+
+    device = resolve_device(config.device)
+    detector = load_detector(config.checkpoint_uri, dataset=dataset, device=device)
+    predictor = Predictor(detector, device=device, batch_size=config.batch_size)
+    uri_of = dict(zip(dataset.images.column("image_id").to_pylist(), dataset.images.column("uri").to_pylist(), strict=True))
+    for start in range(0, len(ids), config.batch_size):
+        chunk = ids[start : start + config.batch_size]
+        torch.manual_seed(zlib.crc32(f"{config.seed}:{chunk[0]}".encode()))
+        images = [read_image(dataset, i, uri_of[i], predictor.cache) for i in chunk]
+        yield from predictor.predict_images(
+            images,
+            chunk,
+            flip_tta="flipped" in needs,
+            mc_samples=config.mc_samples if "mc_probs" in needs else 0,
+            embeddings=with_embedding,
+        )
 
 
 # --------------------------------------------------------------------------- stage
@@ -221,7 +244,7 @@ def score_pool(config: Config, predict: PredictFn) -> Result:
     dataset = load_dataset(config.dataset_uri)
     ledger, _ = ledger_mod.read_ledger(config.ledger_uri)
     pool = scoring_pool(ledger, dataset.split_ids(config.split), config.include_labeled)
-    ids = shard_slice(pool, index, count)
+    ids = shard_slice(pool, index, count, align=config.batch_size)
     log.info("score-unlabeled: shard %s: %d of %d pool images; scores %s%s", config.shard, len(ids), len(pool), names,
              " + embedding" if with_embedding else "")
     needs = set().union(*(s.needs for s in scorers.values())) if scorers else set()
@@ -237,6 +260,7 @@ def score_pool(config: Config, predict: PredictFn) -> Result:
         "shard": index, "num_shards": count, "pool_size": len(pool), "pool_digest": pool_digest(pool),
         "rows": table.num_rows, "scores": names, "embedding": with_embedding, "ledger_uri": config.ledger_uri,
         "checkpoint_uri": config.checkpoint_uri, "include_labeled": config.include_labeled,
+        "batch_size": config.batch_size, "seed": config.seed,
     }
     with store.OutputWriter(config.output_uri) as out:
         out.write_table(SCORES_FILE, table)

@@ -26,7 +26,6 @@ from activedet import schema, store
 from activedet.al import ledger as ledger_mod
 from activedet.al.selection import STRATEGIES, SelectionInput, SelectionParams, select
 from activedet.config import StageConfig
-from activedet.errors import ActivedetError
 from activedet.stages.score_unlabeled import SCORES_FILE
 from activedet.tracking import tracker_for
 

@@ -114,7 +114,8 @@ def run(config: Config) -> Result:
     parents = list(config.parent_run_ids)
     if config.init_checkpoint_uri:
         init_meta = load_weights(detector, config.init_checkpoint_uri)
-        parents += [p for p in init_meta.get("parent_run_ids", []) if p not in parents]
+        inherited = [*init_meta.get("parent_run_ids", []), init_meta.get("mlflow_run_id")]
+        parents += [p for p in inherited if p and p not in parents]
     detector.model.to(device)
     tracker = tracker_for(config, run_name="train-teacher")
     tracker.log_params(
@@ -134,6 +135,7 @@ def run(config: Config) -> Result:
             detector.model, batches, iterations=config.iterations, lr=config.lr, momentum=config.momentum,
             weight_decay=config.weight_decay, warmup_iters=config.warmup_iters, decay_at=config.lr_milestones,
             device=device, amp=config.amp, hooks=[resume], tracker=tracker, start_iter=start, desc="train-teacher",
+            log_every=max(1, min(20, config.iterations // 10)),
         )
         if optim_state:
             trainer.load_optimizer_state(optim_state)
@@ -147,12 +149,10 @@ def run(config: Config) -> Result:
             "it_per_s": result.it_per_s,
             "loss_history": result.loss_history,
         }
-        if tracker.run_id:
-            parents.append(tracker.run_id)
         uri = write_checkpoint(
             out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
             ledger_uri=config.ledger_uri, init_checkpoint_uri=config.init_checkpoint_uri, metrics={},
-            parent_run_ids=parents,
+            parent_run_ids=parents, mlflow_run_id=tracker.run_id,
         )
         out.write_json("train.json", training)
     tracker.log_metrics({"train/final_loss": result.final_loss, "train/it_per_s": result.it_per_s})
