@@ -85,3 +85,14 @@ def test_predictions_to_boxes_table_validates(synth, detector):
     assert "class_probs" in table.column_names
     schema.validate_boxes(table, images=synth.images, categories=synth.categories)
     assert predictions_to_boxes_table([], synth).num_rows == 0
+
+
+def test_unavailable_device_is_a_config_error(detector):
+    from activedet.errors import ConfigError
+    from activedet.models.predict import resolve_device
+
+    with pytest.raises(ConfigError, match="unknown torch device"):
+        resolve_device("gpu0")
+    if not torch.cuda.is_available():
+        with pytest.raises(ConfigError, match="CUDA is not available"):
+            Predictor(detector, device="cuda")

@@ -87,3 +87,15 @@ def test_diverging_loss_is_an_error(synth):
     nan = lambda m, i, t: {"x": torch.tensor(float("nan"), requires_grad=True)}  # noqa: E731
     with pytest.raises(TrainingDivergedError, match="not finite at iteration 0"):
         Trainer(det.model, endless_batches(data, batch_size=2), iterations=2, loss_fn=nan).train()
+
+
+def test_worker_processes_give_the_same_batches(synth):
+    det = detector_for_dataset("tiny", synth)
+    data = DetectionDataset(synth, synth.split_ids("train")[:6], category_ids=det.category_ids, train=False)
+    main = endless_batches(data, batch_size=3, seed=2, num_workers=0)
+    workers = endless_batches(data, batch_size=3, seed=2, num_workers=1)
+    for _ in range(2):
+        (ia, ta), (ib, tb) = next(main), next(workers)
+        assert [t["image_id"] for t in ta] == [t["image_id"] for t in tb]
+        torch.testing.assert_close(ia, ib)
+    workers.close()

@@ -66,3 +66,20 @@ def test_bad_filter_settings_fail_before_the_teacher_runs(ssl_setup, tmp_path, n
     cfg = config(ssl_setup, tmp_path, filter=name, filter_params=params, teacher_checkpoint_uri=str(tmp_path / "missing"))
     with pytest.raises(ConfigError, match=match):
         stage.run(cfg)
+
+
+def test_quality_metrics_reach_mlflow(ssl_setup, tmp_path):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cfg = config(ssl_setup, tmp_path, filter="per_class_topk", filter_params={"k": 40}, min_score=0.1,
+                 max_pool_images=5, mlflow_tracking_uri=uri)
+    res = stage.run(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name("activedet-stages")
+    (run,) = client.search_runs([exp.experiment_id])
+    assert run.data.params["filter"] == "per_class_topk"
+    assert run.data.metrics["pseudo_boxes"] == res["pseudo_boxes"]
+    assert "pseudo_recall" in run.data.metrics and "pseudo_car_recall" in run.data.metrics
+    pool = store.read_table(store.join(cfg.output_uri, "pool_images.parquet")).column("image_id").to_pylist()
+    assert len(pool) == 5 and set(pool) <= set(ssl_setup[4])

@@ -53,6 +53,12 @@ def _group_boxes(boxes: pa.Table) -> dict[str, np.ndarray]:
     return {k: np.asarray(v, dtype=np.int64) for k, v in out.items()}
 
 
+def _per_box_fields(inputs):
+    """The per-box target tensors SanitizeBoundingBoxes must filter along with the boxes."""
+    target = inputs[1]
+    return tuple(target[k] for k in ("labels", "weights", "regress"))
+
+
 class DetectionDataset(torch.utils.data.Dataset):
     """Images of ``image_ids`` with their boxes as training targets.
 
@@ -111,7 +117,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         if train and scale_jitter is not None:
             steps.append(v2.RandomAffine(degrees=0.0, scale=tuple(scale_jitter)))
         steps.append(v2.ClampBoundingBoxes())
-        steps.append(v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=lambda inputs: tuple(inputs[1][k] for k in ("labels", "weights", "regress"))))
+        steps.append(v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=_per_box_fields))
         steps.append(v2.ToDtype(torch.float32, scale=True))
         self.transform = v2.Compose(steps)
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from activedet import schema
+from activedet.errors import ConfigError
 from activedet.models.checkpoint import Detector
 from activedet.models.data import read_image
 from activedet.models.roi_heads import mc_dropout
@@ -33,7 +34,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
     """``auto`` -> cuda when available, else cpu."""
     if str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"unknown torch device {device!r}; use auto, cpu, cuda or cuda:N") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {device!r} requested but CUDA is not available on this machine")
+    return dev
 
 
 def flip_boxes(boxes: np.ndarray, width: int) -> np.ndarray:

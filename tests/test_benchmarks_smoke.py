@@ -1,0 +1,149 @@
+"""Benchmarks: the pure label-efficiency helpers on hand-computed curves, and tiny invocations."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+import common  # noqa: E402
+import label_efficiency as le  # noqa: E402
+import throughput  # noqa: E402
+
+# b = % of pool labeled, p = metric
+B = [10.0, 20.0, 40.0]
+P = [20.0, 30.0, 50.0]
+
+
+def test_auc_whole_curve_is_the_trapezoid_sum():
+    # 10 * (20 + 30) / 2 + 20 * (30 + 50) / 2 = 250 + 800
+    assert common.auc_at(B, P) == pytest.approx(1050.0)
+    assert common.auc_at(B, P, 40.0) == pytest.approx(1050.0)
+
+
+def test_auc_cut_between_points_interpolates_the_end():
+    # up to 30 %: 250 + 10 * (30 + 40) / 2 (p at 30 % is 40)
+    assert common.auc_at(B, P, 30.0) == pytest.approx(600.0)
+    assert common.auc_at(B, P, 10.0) == pytest.approx(0.0)
+
+
+def test_auc_and_metric_outside_the_measured_range_are_nan():
+    assert math.isnan(common.auc_at(B, P, 50.0))
+    assert math.isnan(common.auc_at(B, P, 5.0))
+    assert math.isnan(common.metric_at(B, P, 41.0))
+    assert math.isnan(common.auc_at([], []))
+
+
+def test_metric_at_interpolates_between_cycles():
+    assert common.metric_at(B, P, 30.0) == pytest.approx(40.0)
+    assert common.metric_at(B, P, 20.0) == pytest.approx(30.0)
+
+
+def test_curve_must_increase():
+    with pytest.raises(ValueError):
+        common.auc_at([10, 10, 20], [1, 2, 3])
+    with pytest.raises(ValueError):
+        common.metric_at([10, 20], [1], 15)
+
+
+def test_labels_to_reach_interpolates_and_says_never():
+    assert common.labels_to_reach([10, 20, 30], [20, 30, 50], 40.0) == pytest.approx(25.0)
+    assert common.labels_to_reach([10, 20, 30], [20, 30, 50], 15.0) == pytest.approx(10.0)
+    assert math.isnan(common.labels_to_reach([10, 20, 30], [20, 30, 50], 60.0))
+
+
+def test_mean_std_uses_sample_std_and_ignores_nan():
+    m, s = common.mean_std([1.0, 3.0, float("nan")])
+    assert m == pytest.approx(2.0) and s == pytest.approx(math.sqrt(2.0))
+    assert common.mean_std([5.0]) == (5.0, 0.0)
+    assert all(math.isnan(x) for x in common.mean_std([]))
+
+
+def _records():
+    """Two seeds, cycles 0..2 with 10 % steps; unified+ssl reaches random's final AP50 one cycle early."""
+    curves = {
+        "random": [10, 20, 30],
+        "random+ssl": [12, 21, 31],
+        "unified": [10, 22, 33],
+        "unified+ssl": [12, 30, 36],
+        "entropy": [10, 19, 28],
+        "coreset": [10, 21, 29],
+    }
+    recs = []
+    for seed in (0, 1):
+        for name, ys in curves.items():
+            for cycle, y in enumerate(ys):
+                recs.append({"variant": "redundant", "seed": seed, "strategy": name, "cycle": cycle,
+                             "labeled": 12 * (cycle + 1), "pct": 10.0 * (cycle + 1), "AP50": y + seed, "AP": y / 2 + seed})
+        recs.append({"variant": "redundant", "seed": seed, "strategy": le.CONTROL, "cycle": 0, "labeled": 12,
+                     "pct": 10.0, "AP50": 13 + seed, "AP": 6 + seed})
+    return recs
+
+
+def test_aggregate_and_claims_on_known_records():
+    args = le.parse_args(["--variants", "redundant", "--seeds", "0", "1", "--pool", "120", "--initial", "12",
+                          "--budget", "12", "--cycles", "2", "--strategies", "random", "random+ssl", "unified",
+                          "unified+ssl", "entropy", "coreset"])
+    curve_rows, summary, claims = le.aggregate(_records(), args)
+    row = next(r for r in curve_rows if r["strategy"] == "random" and r["cycle"] == 2)
+    assert row["AP50_mean"] == pytest.approx(30.5) and row["AP50_std"] == pytest.approx(math.sqrt(0.5))
+    rnd = next(r for r in summary if r["strategy"] == "random")
+    # seed 0 curve (10, 20, 30) over 10..30 %: 10 * 15 + 10 * 25 = 400; seed 1: 420
+    assert rnd["_auc@30_AP50"][0] == pytest.approx(410.0)
+    assert rnd["_AP50@20"][0] == pytest.approx(20.5)
+    c = claims["redundant"]
+    assert c["ssl_beats_supervised_at_cycle0"]["holds"] is True
+    assert c["ssl_beats_supervised_at_cycle0"]["holds_vs_equal_iterations_control"] is False
+    assert c["unified_beats_random_at_equal_labels"]["wins"] == 4
+    assert c["coreset_ge_entropy"]["holds"] is True
+    reach = c["unified_ssl_reaches_random_final"]
+    # mean random final 30.5; unified+ssl mean curve 12.5, 30.5, 36.5 -> reached at 24 labels: 12 fewer than 36
+    assert reach["labels_needed_mean_curve"] == pytest.approx(24.0)
+    assert reach["fewer_labels"] == pytest.approx(12.0)
+
+
+def test_parse_args_rejects_a_budget_larger_than_the_pool():
+    with pytest.raises(SystemExit):
+        le.parse_args(["--pool", "20", "--frames", "10", "--initial", "10", "--budget", "10", "--cycles", "2"])
+
+
+def test_boxes_table_is_a_valid_boxes_table():
+    from activedet import schema
+
+    table = throughput.boxes_table(50, 3)
+    validated, report = schema.validate_boxes(table)
+    assert validated.num_rows == 150 and report.clipped == 0
+    assert table.column("image_id").to_pylist()[:4] == ["img00000000"] * 3 + ["img00000001"]
+
+
+def test_throughput_parquet_smoke_writes_results(tmp_path):
+    payload = throughput.main(["--smoke", "--only", "parquet", "--out", str(tmp_path), "--name", "tp"])
+    data = json.loads((tmp_path / "tp.json").read_text())
+    assert data["rows"] == json.loads(json.dumps(payload["rows"], default=str))
+    names = [r["name"] for r in data["rows"]]
+    assert any("write" in n for n in names) and any("read" in n for n in names)
+    assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in data["rows"])
+    assert (tmp_path / "tp.csv").read_text().startswith("section,name,value")
+
+
+def test_label_efficiency_smoke_runs_the_loop(tmp_path):
+    payload = le.main(["--smoke", "--variants", "redundant", "--seeds", "0", "--workers", "1",
+                       "--strategies", "random", "random+ssl", "coreset", "--work", str(tmp_path / "work"),
+                       "--out", str(tmp_path), "--name", "le"])
+    recs = payload["records"]
+    # cycle 0: three strategies + the supervised control; cycle 1: three strategies
+    assert sorted((r["strategy"], r["cycle"]) for r in recs) == sorted(
+        [("random", 0), ("random+ssl", 0), ("coreset", 0), (le.CONTROL, 0), ("random", 1), ("random+ssl", 1), ("coreset", 1)]
+    )
+    assert {r["labeled"] for r in recs if r["cycle"] == 1} == {12}
+    # random and random+ssl share the cycle-0 teacher, and their cycle-1 selections too
+    t = payload["stage_timings"]["train-teacher"]
+    assert t["runs"] == 4  # cycle-0 teacher, control, cycle-1 random teacher, cycle-1 coreset teacher
+    assert (tmp_path / "le_budget_curve.png").stat().st_size > 0
+    assert (tmp_path / "le_summary.csv").exists()
