@@ -133,6 +133,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny sizes: a 1-2 minute check that everything runs")
+    p.add_argument("--render", type=Path, default=None,
+                   help="only re-render tables, Markdown and plot from this results JSON (no training)")
     args = p.parse_args(argv)
     if args.smoke:
         args.pool, args.frames, args.eval_images, args.initial, args.budget, args.cycles = 24, 6, 12, 6, 6, 1
@@ -503,7 +505,7 @@ def plot(curve_rows: list[dict], args, path: Path) -> Path:
 
     fig, axes = plt.subplots(1, len(args.variants), figsize=(6.5 * len(args.variants), 4.8), squeeze=False)
     styles = {n: ("--" if STRATEGIES[n].ssl else "-") for n in STRATEGIES}
-    for ax, variant in zip(axes[0], args.variants):
+    for ax, variant in zip(axes[0], args.variants, strict=True):
         for strategy in args.strategies:
             rows = [r for r in curve_rows if r["variant"] == variant and r["strategy"] == strategy]
             if not rows:
@@ -536,8 +538,75 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def markdown(payload: dict) -> str:
+    """The results as Markdown: settings, per-cycle table, AUC@B / metric@B table, claims."""
+    st = payload["settings"]
+    lines = [
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {payload['machine'].get('cpu_model')} ({payload['machine'].get('cpus')} CPUs), "
+        f"torch {payload['machine'].get('torch')}, CUDA: {payload['machine'].get('cuda')}; "
+        f"load average at start {payload.get('loadavg_1m_at_start')}; wall time {payload['seconds'] / 60:.1f} min  ",
+        f"Pool {st['pool']} images per variant (redundant: {st['frames']} frames per sequence; diverse: 1), "
+        f"I = {st['initial']}, B = {st['budget']}, {st['cycles']} cycles, seeds {st['seeds']}, preset {st['preset']}, "
+        f"teacher {st['teacher_iters']} it (cycle 0), {'warm-start fine-tune ' + str(st['finetune_iters']) + ' it' if not st['no_warm_start'] else 'from scratch'} "
+        f"(cycles >= 1), student {st['student_iters']} it, batch {st['batch_size']}, pseudo-labels {st['pl_filter']} {st['pl_params']}, "
+        f"X+SSL scores with the {st['ssl_scoring']}; evaluation: {st['eval_images']} held-out independent frames.",
+        "",
+        "AP50 / AP (COCO, x100) per cycle, mean +- std over seeds:",
+        "",
+        format_table(payload["curves"], ["variant", "strategy", "cycle", "labeled", "pct", "AP50", "AP"],
+                     ["variant", "strategy", "cycle", "labels", "% pool", "AP50", "AP"]),
+        "",
+        "AUC@B (trapezoid over % of pool labeled, from the cycle-0 point; metric x percentage points) and metric@B:",
+        "",
+    ]
+    summary = payload["summary"]
+    if summary:
+        lines.append(format_table(summary, list(summary[0])))
+    lines += ["", "Stage costs (all jobs):", "",
+              format_table([{"stage": k, **v} for k, v in payload["stage_timings"].items()], ["stage", "runs", "reused", "seconds"]),
+              "", "Claims (AP50 unless stated; differences are paired per seed and cycle):", ""]
+    for variant, cl in payload["claims"].items():
+        for name, c in cl.items():
+            lines.append(f"- **{variant} / {name}**: holds = {c.get('holds')}; " + ", ".join(
+                f"{k} = {_short(v, k)}" for k, v in c.items() if k != "holds"))
+    return "\n".join(lines) + "\n"
+
+
+def _short(v, key: str = ""):
+    if "curve" not in key and isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):
+        return fmt_pm(v[0], v[1], 2)
+    if isinstance(v, float):
+        return f"{v:.2f}"
+    if isinstance(v, list):
+        return "[" + ", ".join(f"{x:.1f}" if isinstance(x, float) else str(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def render(path: Path, args) -> dict:
+    """Re-aggregate, re-plot and re-write the Markdown of an existing results JSON."""
+    payload = json.loads(path.read_text())
+    st = payload["settings"]
+    for k in ("variants", "strategies", "seeds", "pool", "cycles"):
+        setattr(args, k, st[k])
+    curve_rows, summary, answers = aggregate(payload["records"], args)
+    payload.update(curves=curve_rows, summary=[{k: v for k, v in r.items() if not k.startswith("_")} for r in summary],
+                   claims=answers)
+    png = plot(curve_rows, args, path.with_name(path.stem + "_budget_curve.png"))
+    payload["plot"] = str(png)
+    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
+    md = path.with_suffix(".md")
+    md.write_text(markdown(payload))
+    print(md.read_text())
+    return payload
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.render:
+        return render(args.render, args)
     started = time.time()
     load0 = round(os.getloadavg()[0], 2)
     args.work.mkdir(parents=True, exist_ok=True)
@@ -580,6 +649,7 @@ def main(argv=None) -> dict:
     jpath, cpath = write_results(args.name, payload, [{k: v for k, v in r.items() if not k.endswith("per_seed")} for r in curve_rows], args.out)
     spath = args.out / f"{args.name}_summary.csv"
     _write_summary_csv(summary, spath)
+    (args.out / f"{args.name}.md").write_text(markdown(payload))
     print()
     print(format_table(curve_rows, ["variant", "strategy", "cycle", "labeled", "pct", "AP50", "AP"],
                        ["variant", "strategy", "cycle", "labels", "% pool", "AP50 (mean+-std)", "AP (mean+-std)"]))

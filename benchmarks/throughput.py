@@ -118,7 +118,7 @@ def bench_parquet(args, tmp: Path) -> list[dict]:
     # baseline: Python's csv module, one row at a time, on a slice of the images
     sub = boxes_table(args.csv_images, args.boxes_per_image)
     sub_mb = sub.nbytes / MB
-    pyrows = list(zip(*(sub.column(c).to_pylist() for c in sub.column_names)))
+    pyrows = list(zip(*(sub.column(c).to_pylist() for c in sub.column_names), strict=True))
     path = tmp / "boxes.csv"
     with timer() as t:
         with open(path, "w", newline="") as fh:
@@ -377,7 +377,7 @@ def _per_image_loop(det, ds, ids, device) -> float:
 
     from activedet.models.data import read_image
 
-    uris = dict(zip(ds.images.column("image_id").to_pylist(), ds.images.column("uri").to_pylist()))
+    uris = _uris(ds)
     model = det.model.to(device).eval()
     with torch.no_grad():
         model([read_image(ds, ids[0], uris[ids[0]]).to(device).float() / 255])  # warm-up
@@ -422,44 +422,56 @@ def bench_inference(args, tmp: Path, ds_ids) -> list[dict]:
     return rows
 
 
-def bench_scoring(args, tmp: Path, ds_ids) -> list[dict]:
-    from activedet.al.scores import build_scorers
+def _uris(ds) -> dict[str, str]:
+    return dict(zip(ds.images.column("image_id").to_pylist(), ds.images.column("uri").to_pylist(), strict=True))
+
+
+def _score_batched(det, ds, ids, device, bs, scorers):
+    """Flip-TTA scoring the way score-unlabeled does it: Predictor batches -> scores table."""
+    from activedet.models.predict import Predictor
+    from activedet.stages.score_unlabeled import score_predictions
+
+    _predictor_rate(det, ds, ids[:bs], device, bs, flip_tta=True, embeddings=True)  # warm-up
+    with timer() as t:
+        p = Predictor(det, device=device, batch_size=bs)
+        table = score_predictions(p.predict(ds, ids, flip_tta=True, embeddings=True), scorers,
+                                  with_embedding=True, score_floor=0.05, expected_ids=ids)
+        _sync(device)
+    return rate(len(ids), t()), table
+
+
+def _score_per_image(det, ds, ids, device, scorers):
+    """Baseline: the same scoring, one image (and its flip) per forward pass."""
     from activedet.models.data import read_image
     from activedet.models.predict import Predictor
     from activedet.stages.score_unlabeled import score_predictions
 
+    uris = _uris(ds)
+    p = Predictor(det, device=device, batch_size=1)
+
+    def gen():
+        for iid in ids:
+            yield from p.predict_images([read_image(ds, iid, uris[iid])], [iid], flip_tta=True, embeddings=True)
+
+    with timer() as t:
+        table = score_predictions(gen(), scorers, with_embedding=True, score_floor=0.05, expected_ids=ids)
+        _sync(device)
+    return rate(len(ids), t()), table
+
+
+def bench_scoring(args, tmp: Path, ds_ids) -> list[dict]:
+    from activedet.al.scores import build_scorers
+
     ds, ids = ds_ids
     device = _device(args)
-    uris = dict(zip(ds.images.column("image_id").to_pylist(), ds.images.column("uri").to_pylist()))
     scorers = build_scorers(["entropy", "inconsistency"])
     rows = []
+    bs = args.score_batch_size
     for preset in args.presets:
         det, opts = _detector(preset, ds, args)
         sub = ids[: args.infer_images if preset == "tiny" else args.r50_images]
-        bs = args.score_batch_size
-
-        def batched():
-            _, preds = _predictor_rate(det, ds, sub[:bs], device, bs, flip_tta=True, embeddings=True)  # warm-up
-            with timer() as t:
-                p = Predictor(det, device=device, batch_size=bs)
-                table = score_predictions(p.predict(ds, sub, flip_tta=True, embeddings=True), scorers,
-                                          with_embedding=True, score_floor=0.05, expected_ids=sub)
-                _sync(device)
-            return rate(len(sub), t()), table
-
-        def per_image():
-            p = Predictor(det, device=device, batch_size=1)
-            with timer() as t:
-                def gen():
-                    for iid in sub:
-                        im = read_image(ds, iid, uris[iid])
-                        yield from p.predict_images([im], [iid], flip_tta=True, embeddings=True)
-                table = score_predictions(gen(), scorers, with_embedding=True, score_floor=0.05, expected_ids=sub)
-                _sync(device)
-            return rate(len(sub), t()), table
-
-        r, table = batched()
-        b, table1 = per_image()
+        r, table = _score_batched(det, ds, sub, device, bs, scorers)
+        b, table1 = _score_per_image(det, ds, sub, device, scorers)
         same = np.allclose(table.column("entropy").to_numpy(), table1.column("entropy").to_numpy(), atol=1e-4)
         plain, _ = _predictor_rate(det, ds, sub, device, bs)
         progress(f"scoring: {preset}: flip-TTA scoring batch {bs}: {r:.1f} img/s; per image {b:.1f} img/s; "

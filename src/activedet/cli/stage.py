@@ -75,12 +75,7 @@ def register(sub) -> None:
     stages = parser.add_subparsers(dest="stage", metavar="STAGE")
     stages.required = True
     for name in STAGES:
-        try:
-            module = stage_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name and exc.name.startswith("activedet.stages"):
-                continue  # stage not implemented in this build
-            raise
+        module = stage_module(name)
         doc = (module.__doc__ or name).strip().splitlines()[0]
         p = stages.add_parser(name, help=doc, description=module.__doc__)
         p.add_argument("--config", help="YAML file with the stage config (flags override it)")
