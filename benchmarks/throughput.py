@@ -563,9 +563,17 @@ def main(argv=None) -> dict:
                "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
                "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}
     jpath, cpath = write_results(args.name, payload, rows, args.out)
+    table = format_table(rows, ["section", "name", "value", "unit", "baseline", "baseline_value", "ratio"],
+                         ["section", "figure", "value", "unit", "baseline", "baseline value", "ratio"])
+    m = payload["machine"]
+    (args.out / f"{args.name}.md").write_text(
+        f"Command: `{payload['command']}`  \nMachine: {m.get('cpu_model')} ({m.get('cpus')} CPUs, {m.get('mem_gb')} GB), "
+        f"torch {m.get('torch')} ({m.get('torch_threads')} threads), CUDA: {m.get('cuda')}; load average at start "
+        f"{load0}; wall time {payload['seconds'] / 60:.1f} min. Ratio = ours / baseline (core-set: baseline / ours).\n\n"
+        f"{table}\n"
+    )
     print()
-    print(format_table(rows, ["section", "name", "value", "unit", "baseline", "baseline_value", "ratio"],
-                       ["section", "figure", "value", "unit", "baseline", "baseline value", "ratio"]))
+    print(table)
     print(f"\n{len(rows)} figures in {payload['seconds']:.0f} s -> {jpath} and {cpath}")
     return payload
 

@@ -100,3 +100,21 @@ def test_stage_trains_from_the_teacher_and_writes_a_student(ssl_setup, tmp_path)
     changed = [k for k, v in student.model.state_dict().items() if v.dtype.is_floating_point and not torch.equal(v, t.model.state_dict()[k])]
     assert changed  # trained, starting from the teacher
     assert store.is_committed(cfg.output_uri)
+
+
+def test_student_pool_background_and_uncertain_settings():
+    from activedet import schema
+    from activedet.ssl.student import student_pool
+
+    pseudo = schema.boxes_from_arrays(
+        ["a", "a", "b"], [[0, 0, 5, 5]] * 3, [1, 2, 1], [0.9, 0.5, 0.4], source="pseudo",
+        extra={"reliable": [True, False, False]},
+    )
+    boxes, ids = student_pool(pseudo, ["a", "b", "c"])
+    assert ids == ["a", "b", "c"] and boxes.num_rows == 3
+    boxes, ids = student_pool(pseudo, ["a", "b", "c"], empty_as_background=False)
+    assert ids == ["a", "b"]
+    boxes, ids = student_pool(pseudo, ["a", "b", "c"], uncertain_boxes="ignore", empty_as_background=False)
+    assert ids == ["a"] and boxes.column("score").to_pylist() == [pytest.approx(0.9)]
+    # "b" lost its only (uncertain) box: with empty_as_background it stays, as background
+    assert student_pool(pseudo, ["a", "b", "c"], uncertain_boxes="ignore")[1] == ["a", "b", "c"]

@@ -127,6 +127,20 @@ def class_weights_from(thresholds: Mapping) -> dict[int, float]:
     return {int(c): float(s.get("weight", 1.0)) for c, s in thresholds.get("classes", {}).items()}
 
 
+def student_pool(pseudo: pa.Table, pool: list[str], *, uncertain_boxes: str = "classification",
+                 empty_as_background: bool = True) -> tuple[pa.Table, list[str]]:
+    """The pseudo boxes and pool images the student trains on.
+
+    ``uncertain_boxes="ignore"`` drops rows with ``reliable == False``; pool images left without
+    pseudo boxes stay in (trained as background) only with ``empty_as_background``.
+    """
+    if uncertain_boxes == "ignore" and "reliable" in pseudo.column_names:
+        pseudo = pseudo.filter(pa.array([r is not False for r in pseudo.column("reliable").to_pylist()], pa.bool_()))
+    with_boxes = set(pseudo.column("image_id").to_pylist())
+    ids = sorted(set(pool) if empty_as_background else with_boxes & set(pool))
+    return pseudo, ids
+
+
 def _fingerprint(config, digest: str) -> str:
     keep = config.model_dump(mode="json", exclude={"mlflow_tracking_uri", "mlflow_run_id", "num_workers", "checkpoint_every"})
     return hashlib.sha256(json.dumps([keep, digest], sort_keys=True).encode()).hexdigest()[:16]
@@ -150,11 +164,10 @@ def train_student(config) -> dict:
     if not labeled:
         raise ActivedetError(f"train-student-ssl: no labeled train images in ledger {config.ledger_uri}")
     pseudo, thresholds, pseudo_pool = read_pseudo_labels(config.pseudo_labels_uri, dataset)
-    if config.uncertain_boxes == "ignore" and "reliable" in pseudo.column_names:
-        pseudo = pseudo.filter(pa.array([r is not False for r in pseudo.column("reliable").to_pylist()], pa.bool_()))
-    with_boxes = set(pseudo.column("image_id").to_pylist())
-    candidates = pseudo_pool if pseudo_pool is not None else pool
-    pool_ids = sorted(set(candidates) if config.empty_as_background else with_boxes & set(candidates))
+    pseudo, pool_ids = student_pool(
+        pseudo, pseudo_pool if pseudo_pool is not None else pool,
+        uncertain_boxes=config.uncertain_boxes, empty_as_background=config.empty_as_background,
+    )
     weights = class_weights_from(thresholds) if config.use_class_weights else {}
     digest = data_digest(config.dataset_uri, labeled + [f"u:{i}" for i in pool_ids])
 
