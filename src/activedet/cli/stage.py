@@ -35,9 +35,13 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
     for name, field in config_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(field.annotation)
-        help_text = (field.description or "") + (
-            "" if field.is_required() else f" (default: {field.default!r})"
-        )
+        if field.is_required():
+            default = ""
+        elif field.default_factory is not None:
+            default = f" (default: {field.default_factory()!r})"
+        else:
+            default = f" (default: {field.default!r})"
+        help_text = (field.description or "") + default
         if field.annotation is bool:
             parser.add_argument(flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
