@@ -14,7 +14,7 @@ def _candidate(root: str, name: str, ap: float) -> tuple[str, str]:
     with store.OutputWriter(ckpt) as out:
         out.write_bytes("model.safetensors", b"weights-" + name.encode())
     with store.OutputWriter(ev) as out:
-        out.write_json("metrics.json", {"AP": ap, "AP50": ap + 0.1, "per_class": {"car": ap}})
+        out.write_json("metrics.json", {"metrics": {"AP": ap, "AP50": ap + 0.1}, "per_class": [{"name": "car", "AP": ap}]})  # evaluate's layout
     return ckpt, ev
 
 

@@ -156,7 +156,7 @@ def promote_step(experiment_json: str, run_root: str, state_root: str) -> str:
     lay = RunLayout(run_root, exp)
     cycle = store.read_json(store.join(run_root, BEGIN_FILE))["cycle"]
     result = promote.run(promote.Config(
-        checkpoint_uri=lay.model(0), eval_uri=lay.eval(0), metric=exp.stopping.metric,
+        checkpoint_uri=lay.model(0), eval_uri=lay.eval(0), metric=f"metrics.{exp.stopping.metric}",
         model_name=f"{exp.name}-detector", mlflow_tracking_uri=_tracking_uri(exp, state_root), cycle=cycle,
     ))
     return result.model_dump_json()

@@ -29,7 +29,9 @@ class Config(StageConfig):
     checkpoint_uri: str = Field(description="candidate model: committed checkpoint output (student or teacher)")
     eval_uri: str = Field(description="evaluate output of the candidate (committed; holds metrics_file)")
     metrics_file: str = Field("metrics.json", description="metrics JSON inside eval_uri")
-    metric: str = Field("AP", description="metric to compare (dotted path into the metrics JSON, e.g. AP or overall.AP)")
+    metric: str = Field(
+        "metrics.AP", description="metric to compare: dotted path into the evaluate stage's metrics JSON"
+    )
     higher_is_better: bool = Field(True, description="whether a larger metric is better")
     min_delta: float = Field(0.0, ge=0.0, description="improvement required to move the alias")
     model_name: str = Field("activedet-detector", description="registered model name")
