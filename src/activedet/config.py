@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from activedet.errors import ConfigError
 
@@ -28,8 +28,8 @@ class FrozenModel(BaseModel):
 class StageConfig(FrozenModel):
     """Base for stage configs. Stage inputs and outputs are URIs in the artifact store."""
 
-    mlflow_tracking_uri: str | None = None
-    mlflow_run_id: str | None = None
+    mlflow_tracking_uri: str | None = Field(None, description="MLflow tracking URI; unset = no tracking")
+    mlflow_run_id: str | None = Field(None, description="MLflow run to log into (default: a new run)")
 
 
 def _format_error(cls: type[BaseModel], exc: ValidationError, where: str) -> str:

@@ -180,3 +180,23 @@ def test_submit_errors_are_one_line_exit_2(tmp_path, capsys):
     assert main(["submit", str(cfg), "--host", "http://127.0.0.1:9"]) == 2  # nothing listens on port 9
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("activedet: error: submit to http://127.0.0.1:9 failed")
+
+
+def test_export_labeling_ends_the_run_with_an_export(cluster_experiment, tmp_path, compile_docs):
+    exp = cluster_experiment.model_copy(update={"labeling": "export", "cycles": 1})
+    spec, _, _ = compile_docs(exp, tmp_path)
+    tasks = _all_tasks(spec)
+    bases = {_base(n) for n in tasks}
+    assert {"score-unlabeled", "merge-scores", "select-batch", "export-batch"} <= bases
+    assert "label-batch" not in bases and sum(_base(n) == "train-teacher" for n in tasks) == 1
+    assert "select-batch" in tasks["export-batch"]["dependentTasks"]
+
+
+def test_export_labeling_requires_one_cycle_per_run(cluster_experiment):
+    from activedet.errors import ConfigError
+    from activedet.pipeline.experiment import load_experiment
+
+    data = cluster_experiment.model_dump()
+    data.update(labeling="export", cycles=3)
+    with pytest.raises(ConfigError, match="one cycle per pipeline run"):
+        load_experiment(data)

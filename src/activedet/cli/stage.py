@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import types
 import typing
 
 import yaml
@@ -23,7 +24,7 @@ def _flag_type(annotation):
     """Scalars parse as themselves; structured values parse as YAML (a superset of JSON)."""
     origin = typing.get_origin(annotation)
     args = [a for a in typing.get_args(annotation) if a is not type(None)]
-    if origin is typing.Union and len(args) == 1:
+    if origin in (typing.Union, types.UnionType) and len(args) == 1:
         annotation = args[0]
     if annotation in (int, float, str):
         return str  # pydantic converts and validates
@@ -35,7 +36,7 @@ def add_config_flags(parser: argparse.ArgumentParser, config_cls) -> None:
     for name, field in config_cls.model_fields.items():
         flag = "--" + name.replace("_", "-")
         kind = _flag_type(field.annotation)
-        if field.is_required():
+        if field.is_required() or (field.default is None and field.default_factory is None):
             default = ""
         elif field.default_factory is not None:
             default = f" (default: {field.default_factory()!r})"

@@ -114,6 +114,13 @@ def label_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -
     return steps.run_stage("oracle", experiment, run_root, cycle, cycle_run_id)
 
 
+def export_batch(experiment: str, run_root: str, cycle: int) -> str:
+    """activedet.labels.export_batch: the selected batch as COCO JSON + manifest (production)."""
+    from activedet.pipeline import steps
+
+    return steps.export_batch(experiment, run_root, cycle)
+
+
 def finish_run(experiment: str, run_root: str, status: dsl.PipelineTaskFinalStatus) -> str:
     """Exit handler: budget curve and summary, parent MLflow run closed with the run's state."""
     from activedet.pipeline import steps
@@ -136,6 +143,7 @@ KINDS = {
     merge_scores: "cpu",
     select_batch: "cpu",
     label_batch: "cpu",
+    export_batch: "cpu",
     finish_run: "cpu",
 }
 

@@ -9,6 +9,7 @@ KFP v2 has no recursion, so the cycles are unrolled at compile time::
     then, inside ``dsl.If(cycle-gate == True)``:
               score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (dsl.Collected)
               -> select-batch -> label-batch (oracle) -> cycle k + 1
+              (or, with ``labeling: export``, -> export-batch and the run ends: annotators take days)
 
 The last cycle stops after ``finish-cycle``; an earlier one stops when its gate says so (target
 AP reached, budget cap hit, pool empty). An exit handler (``finish-run``) writes the budget curve
@@ -96,7 +97,7 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                         parent_run_id=start.output, cycle_run_id=run_id, eval_result=ev.output, pseudo_result=pseudo_result, **common
                     )
                 )
-                if k == exp.cycles - 1:
+                if k == exp.cycles - 1 and exp.labeling == "oracle":
                     return
                 gate = conf(c.cycle_gate(finish_result=fin.output))
                 with dsl.If(gate.output == True, name=f"continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
@@ -104,6 +105,9 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                         score = conf(c.score_unlabeled(cycle_run_id=run_id, shard=shard, **common))
                     merge = conf(c.merge_scores(cycle_run_id=run_id, shard_results=dsl.Collected(score.output), **common))
                     select = conf(c.select_batch(cycle_run_id=run_id, finish_result=fin.output, **common).after(merge))
+                    if exp.labeling == "export":  # annotators take days: this run ends with the export
+                        conf(c.export_batch(**common).after(select))
+                        return
                     label = conf(c.label_batch(cycle_run_id=run_id, **common).after(select))
                     cycle(k + 1, label)
 

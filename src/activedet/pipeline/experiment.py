@@ -142,6 +142,14 @@ class ExperimentConfig(FrozenModel):
     cycles: int = Field(ge=1, le=50, description="training cycles (cycle k trains on I + k*B labeled images)")
     seed: int = Field(0, ge=0, description="seed of the initial set, training and selection")
     device: str = Field("cpu", description="torch device for training and scoring stages (cpu, cuda)")
+    labeling: Literal["oracle", "export"] = Field(
+        "oracle",
+        description=(
+            "who labels a selected batch: 'oracle' (simulation: ground truth is revealed and the loop "
+            "continues) or 'export' (production: the batch is exported as COCO JSON + manifest for a "
+            "labeling tool and the run ends; labels come back with `activedet labels import` or continuous mode)"
+        ),
+    )
     training: TrainingSpec = Field(default_factory=TrainingSpec)
     pseudo_labels: PseudoLabelSpec = Field(default_factory=PseudoLabelSpec)
     ssl: SSLSpec = Field(default_factory=SSLSpec)
@@ -155,6 +163,11 @@ class ExperimentConfig(FrozenModel):
         cap = self.stopping.budget_cap
         if cap is not None and cap < self.initial_size:
             raise ValueError(f"stopping.budget_cap ({cap}) is below initial_size ({self.initial_size})")
+        if self.labeling == "export" and self.cycles != 1:
+            raise ValueError(
+                "labeling 'export' runs one cycle per pipeline run (annotators take days): set cycles: 1 "
+                "and schedule runs, or use continuous mode"
+            )
         return self
 
     def labeled_at(self, cycle: int) -> int:

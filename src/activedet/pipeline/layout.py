@@ -14,6 +14,7 @@ components exchange only the run root (a string) and small JSON results, never b
     <run_root>/cycle-KK/scores/shard-SS/  score-unlabeled output of one shard
     <run_root>/cycle-KK/scores/merged/    merged scores
     <run_root>/cycle-KK/selection/        select-batch output (selection + pending ledger)
+    <run_root>/cycle-KK/export/           labeling: export -- the batch as COCO JSON + manifest
     <run_root>/summary/cycle-KK.json      one summary row per finished cycle
     <run_root>/summary/budget_curve.png   the budget curve (written when the run ends)
 """
@@ -71,6 +72,10 @@ class RunLayout:
 
     def selection(self, cycle: int) -> str:
         return store.join(self.cycle_dir(cycle), "selection")
+
+    def export(self, cycle: int) -> str:
+        """Production labeling: the batch selected after ``cycle``, exported for annotators."""
+        return store.join(self.cycle_dir(cycle), "export")
 
     def summary_row(self, cycle: int) -> str:
         return store.join(self.run_root, "summary", f"cycle-{cycle:02d}.json")

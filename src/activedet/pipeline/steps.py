@@ -10,6 +10,7 @@ on MLflow's immutable params). The parent carries the budget curve: AP metrics w
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -283,8 +284,8 @@ def finish_cycle(
 
 
 def _stop_reason(exp: ExperimentConfig, cycle: int, row: dict, metrics: dict) -> str | None:
-    if cycle >= exp.cycles - 1:
-        return "last cycle"
+    if cycle >= exp.cycles - 1 and exp.labeling == "oracle":
+        return "last cycle"  # with export, the last cycle still selects and exports its batch
     target = exp.stopping.target_ap
     value = metrics.get(exp.stopping.metric)
     if target is not None and isinstance(value, (int, float)) and value >= target:
@@ -356,3 +357,15 @@ def finish_run(experiment_json: str, run_root: str, state: str) -> str:
             client.set_terminated(parent, "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED")
     log.info("■ run %s %s after %d cycle(s); summary in %s", exp.name, state.lower(), len(rows), lay.summary_dir)
     return json.dumps({"state": state, "cycles": len(rows)})
+
+
+def export_batch(experiment_json: str, run_root: str, cycle: int) -> str:
+    """Production labeling: export the batch selected after ``cycle`` for annotators (COCO + manifest)."""
+    from activedet import labels
+
+    setup_logging()
+    exp = experiment_from_json(experiment_json)
+    lay = RunLayout(run_root, exp)
+    result = labels.export_batch(lay.dataset, lay.selection(cycle), lay.export(cycle))
+    log.info("✔ %s: exported %d image(s) for labeling to %s", _label(exp, cycle), result.images, result.coco_uri)
+    return json.dumps(dataclasses.asdict(result))
