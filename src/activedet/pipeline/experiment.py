@@ -44,7 +44,10 @@ class TrainingSpec(FrozenModel):
     teacher_iterations: int = Field(1000, ge=1, description="teacher optimizer steps per cycle")
     student_iterations: int = Field(1000, ge=1, description="student optimizer steps per cycle")
     batch_size: int = Field(8, ge=2, description="images per mini-batch")
-    lr: float = Field(0.01, gt=0.0, description="SGD learning rate")
+    lr: float | None = Field(
+        None, gt=0.0, description="teacher SGD learning rate (unset: the train-teacher default, tuned for tiny; papers: 0.01 for R50-FPN)"
+    )
+    student_lr: float | None = Field(None, gt=0.0, description="student SGD learning rate (unset: the train-student-ssl default)")
     init_checkpoint: str | None = Field(None, description="initial backbone/detector weights (path or URI); none = from scratch")
     warm_start: bool = Field(
         False, description="start each cycle's teacher from the previous cycle's model (Elezi retrains from scratch)"
