@@ -150,6 +150,16 @@ def _cast(name: str, table: pa.Table, schema: pa.Schema, optional: dict | None, 
     return pa.Table.from_arrays(arrays, schema=pa.schema(fields))
 
 
+def _duplicate_mask(values) -> np.ndarray:
+    """True for every occurrence of a value after its first."""
+    seen: set = set()
+    mask = np.zeros(len(values), bool)
+    for i, v in enumerate(values):
+        mask[i] = v in seen
+        seen.add(v)
+    return mask
+
+
 def _ids(table: pa.Table):
     if "image_id" in table.column_names:
         return table.column("image_id").to_pylist()
@@ -169,21 +179,14 @@ def _check_members(name, table, column, allowed, where):
 def validate_images(table: pa.Table, *, where: str | None = None) -> pa.Table:
     """Validate and cast an images table: unique ids, positive sizes, known splits."""
     table = _cast("images", table, IMAGES, None, where)
-    ids = np.asarray(table.column("image_id").to_pylist(), dtype=object)
-    if len(ids):
-        _, first_idx, counts = np.unique(ids.astype(str), return_index=True, return_counts=True)
-        if (counts > 1).any():
-            dup = np.zeros(len(ids), bool)
-            seen: set[str] = set()
-            for i, v in enumerate(ids):
-                if v in seen:
-                    dup[i] = True
-                seen.add(v)
-            _fail("images", "image_id", dup, list(ids), "duplicate image_id", where)
+    ids = table.column("image_id").to_pylist()
+    dup = _duplicate_mask(ids)
+    if dup.any():
+        _fail("images", "image_id", dup, ids, "duplicate image_id", where)
     for col in ("width", "height"):
         mask = table.column(col).to_numpy() <= 0
         if mask.any():
-            _fail("images", col, mask, list(ids), "must be > 0", where)
+            _fail("images", col, mask, ids, "must be > 0", where)
     _check_members("images", table, "split", SPLITS, where)
     return table
 
@@ -193,9 +196,10 @@ def validate_categories(table: pa.Table, *, where: str | None = None) -> pa.Tabl
     table = _cast("categories", table, CATEGORIES, None, where)
     for col in ("id", "name"):
         values = table.column(col).to_pylist()
-        if len(set(values)) != len(values):
+        dup = _duplicate_mask(values)
+        if dup.any():
             loc = f" in {where}" if where else ""
-            dups = sorted({v for v in values if values.count(v) > 1}, key=str)
+            dups = sorted({v for v, d in zip(values, dup, strict=True) if d}, key=str)
             raise SchemaError(f"categories table{loc}: column '{col}': duplicate value(s) {dups[:5]}")
     return table
 
@@ -275,11 +279,7 @@ def validate_ledger(table: pa.Table, *, images: pa.Table | None = None, where: s
     """Validate and cast a ledger: unique image_ids, known states, ids present in ``images``."""
     table = _cast("ledger", table, LEDGER, None, where)
     ids = table.column("image_id").to_pylist()
-    seen: set[str] = set()
-    dup = np.zeros(len(ids), bool)
-    for i, v in enumerate(ids):
-        dup[i] = v in seen
-        seen.add(v)
+    dup = _duplicate_mask(ids)
     if dup.any():
         _fail("ledger", "image_id", dup, ids, "duplicate image_id", where)
     _check_members("ledger", table, "state", LEDGER_STATES, where)
@@ -295,12 +295,8 @@ def validate_selection(table: pa.Table, *, where: str | None = None) -> pa.Table
     """Validate and cast a selection table (unique image_ids, ranks from 0)."""
     table = _cast("selection", table, SELECTION, None, where)
     ids = table.column("image_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        dup = np.zeros(len(ids), bool)
-        seen: set[str] = set()
-        for i, v in enumerate(ids):
-            dup[i] = v in seen
-            seen.add(v)
+    dup = _duplicate_mask(ids)
+    if dup.any():
         _fail("selection", "image_id", dup, ids, "duplicate image_id", where)
     return table
 
@@ -322,12 +318,8 @@ def validate_scores(table: pa.Table, *, where: str | None = None) -> pa.Table:
         loc = f" in {where}" if where else ""
         raise SchemaError(f"scores table{loc}: missing column 'image_id'")
     ids = table.column("image_id").to_pylist()
-    if len(set(ids)) != len(ids):
-        dup = np.zeros(len(ids), bool)
-        seen: set[str] = set()
-        for i, v in enumerate(ids):
-            dup[i] = v in seen
-            seen.add(v)
+    dup = _duplicate_mask(ids)
+    if dup.any():
         _fail("scores", "image_id", dup, ids, "duplicate image_id", where)
     if "embedding" in table.column_names:
         typ = table.schema.field("embedding").type

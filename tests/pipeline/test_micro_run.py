@@ -64,7 +64,7 @@ def test_two_cycle_micro_run(tmp_path):
         assert child.data.params["strategy"] == "topk" and child.data.params["filter"] == "fixed"
         assert {"AP", "AP50", "labeled_count"} <= set(child.data.metrics)
         artifacts = {a.path for a in client.list_artifacts(child.info.run_id)}
-        assert "cycle_metrics.json" in artifacts
+        assert {"cycle_metrics.json", "per_class_ap.png"} <= artifacts
     curve = client.get_metric_history(parent, "AP50")
     assert sorted(m.step for m in curve) == [8, 16]  # step = labeled count
     assert "budget_curve.png" in {a.path for a in client.list_artifacts(parent)}

@@ -31,8 +31,6 @@ def test_rows_are_read_in_cycle_order_and_plots_are_written(tmp_path):
     assert [r["cycle"] for r in report.read_rows(lay)] == [0, 2, 10]
     png = report.plot_budget_curve(ROWS, tmp_path / "curve.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
-    png = report.plot_per_class({"car": 0.5, "truck": 0.1}, tmp_path / "pc.png")
-    assert png.read_bytes()[:4] == b"\x89PNG"
 
 
 def test_flatten_numbers_keeps_numeric_leaves_only():

@@ -35,7 +35,7 @@ class Dataset:
 
     @property
     def class_names(self) -> list[str]:
-        by_id = dict(zip(self.categories.column("id").to_pylist(), self.categories.column("name").to_pylist()))
+        by_id = dict(zip(self.categories.column("id").to_pylist(), self.categories.column("name").to_pylist(), strict=True))
         return [by_id[i] for i in self.category_ids]
 
     def resolve_uri(self, image_uri: str) -> str:
@@ -46,7 +46,7 @@ class Dataset:
 
     def split_ids(self, split: str) -> list[str]:
         mask = self.images.column("split").to_pylist()
-        return [i for i, s in zip(self.images.column("image_id").to_pylist(), mask) if s == split]
+        return [i for i, s in zip(self.images.column("image_id").to_pylist(), mask, strict=True) if s == split]
 
 
 def load_dataset(uri: str) -> Dataset:

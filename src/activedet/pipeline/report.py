@@ -62,24 +62,3 @@ def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budge
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def plot_per_class(per_class: dict[str, float], path: str | Path, *, title: str = "per-class AP") -> Path:
-    """A bar chart of per-class AP."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    names = list(per_class)
-    fig, ax = plt.subplots(figsize=(max(4, 0.6 * len(names) + 2), 3.5))
-    ax.bar(range(len(names)), [per_class[n] for n in names])
-    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
-    ax.set_ylabel("AP")
-    ax.set_ylim(0, 1)
-    ax.set_title(title)
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path

@@ -277,7 +277,7 @@ def finish_cycle(
     budget = plan.next_budget(exp, labeled)
     row.update({"continue": reason is None, "reason": reason or "", "budget": budget})
     store.write_json(lay.summary_row(cycle), row)
-    _track_cycle(exp, parent_run_id, cycle_run_id, row, metrics, pseudo)
+    _track_cycle(exp, parent_run_id, cycle_run_id, row, metrics, pseudo, lay.eval(cycle))
     ap = ", ".join(f"{k}={row[k]:.3f}" for k in ("AP", "AP50") if k in row)
     log.info("✔ %s: %d labeled, %s%s", _label(exp, cycle), labeled, ap or "no AP", f"; stopping: {reason}" if reason else "")
     return json.dumps(row)
@@ -297,9 +297,9 @@ def _stop_reason(exp: ExperimentConfig, cycle: int, row: dict, metrics: dict) ->
     return None
 
 
-def _track_cycle(exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, row: dict, metrics: dict, pseudo: dict) -> None:
-    from activedet.pipeline import report
-
+def _track_cycle(
+    exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, row: dict, metrics: dict, pseudo: dict, eval_uri: str
+) -> None:
     uri = tracking_uri(exp)
     if not uri or not cycle_run_id:
         return
@@ -314,11 +314,9 @@ def _track_cycle(exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, r
         path = Path(tmp) / "cycle_metrics.json"
         path.write_text(json.dumps({"summary": row, "eval": metrics, "pseudo_labels": pseudo}, indent=2, default=str))
         client.log_artifact(cycle_run_id, str(path))
-        per_class = _per_class(metrics)
-        if per_class:
-            png = Path(tmp) / "per_class_ap.png"
-            report.plot_per_class(per_class, png, title=f"{exp.name} cycle {row['cycle']}: per-class AP")
-            client.log_artifact(cycle_run_id, str(png))
+        png_uri = store.join(eval_uri, "per_class_ap.png")  # evaluate already drew it
+        if store.exists(png_uri):
+            client.log_artifact(cycle_run_id, str(store.download(png_uri, Path(tmp) / "per_class_ap.png")))
     client.set_terminated(cycle_run_id, "FINISHED")
     if parent_run_id:
         curve = {k: row[k] for k in ("AP", "AP50", "AP75") if k in row}
