@@ -36,3 +36,23 @@ def test_rows_are_read_in_cycle_order_and_plots_are_written(tmp_path):
 def test_flatten_numbers_keeps_numeric_leaves_only():
     out = flatten_numbers({"a": 1, "b": {"c": 2.5, "d": "x", "e": True, "f": float("nan")}, "g": [1, 2]})
     assert out == {"a": 1.0, "b.c": 2.5}
+
+
+def test_local_run_output_shows_progress_and_logs_everything(tmp_path):
+    import io
+
+    from activedet.pipeline.local import _PipelineOutput
+
+    log, terminal = io.StringIO(), io.StringIO()
+    out = _PipelineOutput(log, terminal, verbose=False)
+    out.write('    [KFP Executor 2026-11-21 17:50:24,342 INFO]: Got executor_input:\n    {\n        "inputs": {}\n')
+    out.write("    [KFP Executor 2026-11-21 17:50:39,461 INFO]: ▶ cycle 1/3 train-teacher: started\n")
+    out.write("    [KFP Executor 2026-11-21 17:50:40,000 INFO]: train-teacher: 20/200 it  1.2 it/s  ETA 02:30\nTraceback (most")
+    out.write(" recent call last):\n")
+    assert terminal.getvalue().splitlines() == [
+        "17:50:39 ▶ cycle 1/3 train-teacher: started",
+        "17:50:40 train-teacher: 20/200 it  1.2 it/s  ETA 02:30",
+        "Traceback (most recent call last):",
+    ]
+    assert "executor_input" in log.getvalue() and '"inputs"' in log.getvalue()
+    assert list(out.tail)[-1] == "Traceback (most recent call last):"

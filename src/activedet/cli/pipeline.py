@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
     exp = _load(args.config)
     if args.cycles:
         exp = exp.model_copy(update={"cycles": args.cycles})
-    outcome = run_local(exp, args.run_dir)
+    outcome = run_local(exp, args.run_dir, verbose=args.verbose)
     _print_summary(outcome)
     return 0
 
@@ -103,6 +103,7 @@ def register(sub) -> None:
     p.add_argument("config", help="experiment YAML (see configs/)")
     p.add_argument("--run-dir", help="directory for the store, KFP outputs and mlflow.db (default runs/<name>-<time>)")
     p.add_argument("--cycles", type=int, help="override the number of cycles")
+    p.add_argument("-v", "--verbose", action="store_true", help="show kfp.local's full task logs (always in <run dir>/pipeline.log)")
     p.set_defaults(func=_run)
 
     p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for a cluster")
@@ -122,4 +123,5 @@ def register(sub) -> None:
     p.add_argument("--config", default=DEMO_CONFIG, help=f"experiment YAML (default {DEMO_CONFIG})")
     p.add_argument("--run-dir", help="run directory (default runs/<name>-<time>)")
     p.add_argument("--cycles", type=int, help="override the number of cycles")
+    p.add_argument("-v", "--verbose", action="store_true", help="show kfp.local's full task logs (always in <run dir>/pipeline.log)")
     p.set_defaults(func=_demo)

@@ -7,10 +7,16 @@ the experiment (or ``MLFLOW_TRACKING_URI``) names a tracking server.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import logging
 import os
+import re
+import sys
 import time
 import warnings
+from collections import deque
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +27,55 @@ from activedet.pipeline.experiment import ExperimentConfig
 from activedet.pipeline.layout import RunLayout
 
 log = logging.getLogger(__name__)
+
+#: Lines of the pipeline's output worth showing; the rest (kfp.local's executor-input dumps and
+#: component loading chatter) goes only to ``<run dir>/pipeline.log``.
+_SHOW = re.compile(r"▶|✔|■|ETA|Traceback|Error|ERROR|WARNING|FAILURE")
+_EXECUTOR_PREFIX = re.compile(r"^\s*\[KFP Executor (\d{4}-\d\d-\d\d )?(?P<time>[\d:]+),\d+ (?P<level>\w+)\]: ")
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
+class _PipelineOutput(io.TextIOBase):
+    """Tees kfp.local's output: everything to the log file, the readable lines to the terminal."""
+
+    def __init__(self, log_file, terminal, *, verbose: bool):
+        self.log_file, self.terminal, self.verbose = log_file, terminal, verbose
+        self.tail: deque[str] = deque(maxlen=60)
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.log_file.write(text)
+        self._partial += text
+        *lines, self._partial = self._partial.split("\n")
+        for line in lines:
+            self._show(line)
+        return len(text)
+
+    def _show(self, line: str) -> None:
+        line = _ANSI.sub("", line)
+        self.tail.append(line)
+        if self.verbose:
+            self.terminal.write(line + "\n")
+        elif _SHOW.search(line):
+            m = _EXECUTOR_PREFIX.match(line)
+            self.terminal.write((f"{m['time']} {line[m.end():]}" if m else line.strip()) + "\n")
+
+    def flush(self) -> None:
+        self.log_file.flush()
+        self.terminal.flush()
+
+
+@contextlib.contextmanager
+def _readable_output(log_path: Path, *, verbose: bool) -> Iterator[_PipelineOutput]:
+    """Route stdout (where kfp.local prints task logs) through :class:`_PipelineOutput`."""
+    with open(log_path, "a", encoding="utf-8") as fh:
+        out = _PipelineOutput(fh, sys.stdout, verbose=verbose)
+        with contextlib.redirect_stdout(out):
+            yield out
+        out.flush()
 
 
 @dataclass
@@ -50,8 +105,12 @@ def prepare(exp: ExperimentConfig, run_dir: str | Path | None = None) -> tuple[E
     return exp, run_dir, run_root
 
 
-def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None) -> LocalRun:
-    """Run the whole pipeline through ``kfp.local`` (SubprocessRunner, current Python environment)."""
+def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None, *, verbose: bool = False) -> LocalRun:
+    """Run the whole pipeline through ``kfp.local`` (SubprocessRunner, current Python environment).
+
+    The terminal shows per-stage progress; kfp.local's full output goes to ``<run dir>/pipeline.log``
+    (``verbose=True`` shows all of it).
+    """
     from kfp import local
 
     from activedet.pipeline.dag import build_pipeline
@@ -61,14 +120,16 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None) -> Local
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)
     pipeline = build_pipeline(exp, platform=False)
     outcome = LocalRun(run_dir=run_dir, run_root=run_root, tracking_uri=exp.mlflow.tracking_uri, experiment=exp)
+    log_path = run_dir / "pipeline.log"
     try:
-        with warnings.catch_warnings():
+        with warnings.catch_warnings(), _readable_output(log_path, verbose=verbose) as output:
             # kfp.local warns on every task whose image name lacks "python"; here the venv runs them.
             warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
             pipeline(experiment=exp.to_json(), run_root=run_root)
     except RuntimeError as exc:  # kfp.local's way of reporting a failed task
         outcome.state = "FAILED"
-        raise ActivedetError(f"pipeline run failed: {str(exc).splitlines()[0]} (outputs and logs in {run_dir})") from None
+        sys.stderr.write("".join(f"  | {line}\n" for line in list(output.tail)[-25:]))
+        raise ActivedetError(f"pipeline run failed: {str(exc).splitlines()[0]} (full log: {log_path})") from None
     outcome.rows = report.read_rows(outcome.layout)
     curve = store.join(run_root, "summary", "budget_curve.png")
     if not store.is_s3(curve) and store.exists(curve):
