@@ -13,6 +13,8 @@ continues from its last checkpoint iteration.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import math
 import random
@@ -40,6 +42,13 @@ LossFn = Callable[[nn.Module, list[Tensor], list[dict]], dict[str, Tensor]]
 
 class TrainingDivergedError(ActivedetError):
     """The loss became NaN or infinite."""
+
+
+def resume_fingerprint(config, data_digest: str) -> str:
+    """Identity of a training run for resuming: its config (minus settings that do not change the
+    result) and its data. ``_resume/`` state written under another fingerprint is ignored."""
+    keep = config.model_dump(mode="json", exclude={"mlflow_tracking_uri", "mlflow_run_id", "num_workers", "checkpoint_every"})
+    return hashlib.sha256(json.dumps([keep, data_digest], sort_keys=True).encode()).hexdigest()[:16]
 
 
 def seed_everything(seed: int) -> None:

@@ -14,8 +14,6 @@ Pieces (public for tests and benchmarks):
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from collections.abc import Iterator, Mapping
 
@@ -141,11 +139,6 @@ def student_pool(pseudo: pa.Table, pool: list[str], *, uncertain_boxes: str = "c
     return pseudo, ids
 
 
-def _fingerprint(config, digest: str) -> str:
-    keep = config.model_dump(mode="json", exclude={"mlflow_tracking_uri", "mlflow_run_id", "num_workers", "checkpoint_every"})
-    return hashlib.sha256(json.dumps([keep, digest], sort_keys=True).encode()).hexdigest()[:16]
-
-
 def train_student(config) -> dict:
     """Run the stage (``config``: :class:`activedet.stages.train_student_ssl.Config`)."""
     from activedet.al.ledger import read_ledger
@@ -153,7 +146,7 @@ def train_student(config) -> dict:
     from activedet.models.checkpoint import load_detector, write_checkpoint
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
-    from activedet.models.train import ResumeCheckpointer, Trainer, seed_everything
+    from activedet.models.train import ResumeCheckpointer, Trainer, resume_fingerprint, seed_everything
     from activedet.ssl.pseudo_labels import read_pseudo_labels, split_sets
     from activedet.stages.train_teacher import data_digest
     from activedet.tracking import tracker_for
@@ -199,7 +192,7 @@ def train_student(config) -> dict:
         else None
     )
     with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": "train-student-ssl"}) as out:
-        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=_fingerprint(config, digest))
+        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
         start, optim_state = resume.restore()
         batches = balanced_batches(
             lab_data, pseudo_data, batch_size=config.batch_size, labeled_fraction=config.labeled_fraction,

@@ -11,7 +11,6 @@ killed run re-run with the same config continue from its last checkpoint.
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from typing import Any, Literal
 
@@ -91,18 +90,13 @@ def data_digest(dataset_uri: str, image_ids: list[str]) -> str:
     return h.hexdigest()
 
 
-def _fingerprint(config: Config, digest: str) -> str:
-    keep = config.model_dump(mode="json", exclude={"mlflow_tracking_uri", "mlflow_run_id", "num_workers", "checkpoint_every"})
-    return hashlib.sha256(json.dumps([keep, digest], sort_keys=True).encode()).hexdigest()[:16]
-
-
 def run(config: Config) -> Result:
     """Train the teacher; returns the checkpoint URI, final loss and speed."""
     from activedet.data.dataset import load_dataset
     from activedet.models.checkpoint import detector_for_dataset, load_weights, write_checkpoint
     from activedet.models.data import DetectionDataset, endless_batches
     from activedet.models.predict import resolve_device
-    from activedet.models.train import ResumeCheckpointer, Trainer, seed_everything
+    from activedet.models.train import ResumeCheckpointer, Trainer, resume_fingerprint, seed_everything
     from activedet.tracking import tracker_for
 
     dataset = load_dataset(config.dataset_uri)
@@ -123,7 +117,7 @@ def run(config: Config) -> Result:
         | {"labeled_images": len(ids), "data_digest": digest}
     )
     with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": "train-teacher"}) as out:
-        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=_fingerprint(config, digest))
+        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
         start, optim_state = resume.restore()
         train_data = DetectionDataset(
             dataset, ids, category_ids=detector.category_ids, train=True, hflip=config.hflip, scale_jitter=config.scale_jitter
