@@ -113,7 +113,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--eval-images", type=int, default=80, help="held-out evaluation images (independent scenes)")
     p.add_argument("--initial", type=int, default=12, help="I: images labeled at cycle 0 (random, per seed)")
     p.add_argument("--budget", type=int, default=12, help="B: images added per cycle")
-    p.add_argument("--cycles", type=int, default=2, help="acquisition cycles after cycle 0")
+    p.add_argument("--cycles", type=int, default=3, help="acquisition cycles after cycle 0")
     p.add_argument("--preset", default="tiny")
     p.add_argument("--teacher-iters", type=int, default=300, help="teacher iterations when trained from scratch (cycle 0)")
     p.add_argument("--finetune-iters", type=int, default=50,

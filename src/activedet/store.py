@@ -369,9 +369,11 @@ def require_committed(prefix: str) -> dict:
     """Return the manifest of a committed output, or raise :class:`IncompleteOutputError`."""
     uri = join(prefix, MANIFEST)
     if not exists(uri):
-        anything = bool(list_uris(prefix)) if not is_s3(prefix) else bool(list_uris(prefix))
-        state = "incomplete output (no manifest: the writer died or is still running)" if anything else "no output"
-        raise IncompleteOutputError(f"{state} at {prefix}")
+        if list_uris(prefix):
+            raise IncompleteOutputError(
+                f"incomplete output (no manifest: the writer died or is still running; re-run it) at {prefix}"
+            )
+        raise IncompleteOutputError(f"no output at {prefix} (nothing there: check the path or URI)")
     return read_json(uri)
 
 

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from activedet import schema, store
+from activedet.errors import IncompleteOutputError
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,10 @@ class Dataset:
 
 def load_dataset(uri: str) -> Dataset:
     """Load and validate a committed dataset."""
-    store.require_committed(uri)
+    try:
+        store.require_committed(uri)
+    except IncompleteOutputError as exc:
+        raise IncompleteOutputError(f"dataset: {exc}") from None
     images = schema.validate_images(store.read_table(store.join(uri, "images.parquet")), where=store.join(uri, "images.parquet"))
     categories = schema.validate_categories(
         store.read_table(store.join(uri, "categories.parquet")), where=store.join(uri, "categories.parquet")
