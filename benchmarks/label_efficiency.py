@@ -472,7 +472,8 @@ def claims(records: list[dict], args) -> dict:
             auc = {s: [auc_at(cv["pct"], cv["AP50"]) for cv in _per_seed_curves(records, variant, s).values()]
                    for s in ("coreset", "entropy")}
             c["coreset_ge_entropy"] = {
-                "coreset_minus_entropy_AP50_cycles>=1": mean_std(d), "AUC_coreset": mean_std(auc["coreset"]),
+                "coreset_minus_entropy_AP50_cycles>=1": mean_std(d), "wins": sum(x > 0 for x in d), "comparisons": len(d),
+                "AUC_coreset": mean_std(auc["coreset"]),
                 "AUC_entropy": mean_std(auc["entropy"]), "holds": bool(d) and mean_std(d)[0] >= 0,
             }
         if {"unified+ssl", "random"} <= set(args.strategies):
@@ -485,7 +486,9 @@ def claims(records: list[dict], args) -> dict:
                 target = r_mean[-1]
                 reach = labels_to_reach(labels, u_mean, target)
                 per_seed = {s: labels_to_reach(uni[s]["labeled"], uni[s]["AP50"], rnd[s]["AP50"][-1]) for s in rnd if s in uni}
+                d = _paired(records, variant, "unified+ssl", "random", cycles=set(range(1, last + 1)))
                 c["unified_ssl_reaches_random_final"] = {
+                    "unified_ssl_minus_random_AP50_cycles>=1": mean_std(d), "wins": sum(x > 0 for x in d),
                     "random_final_AP50": target, "random_final_labels": labels[-1], "unified_ssl_AP50_curve": u_mean,
                     "labels_needed_mean_curve": reach, "fewer_labels": labels[-1] - reach if reach == reach else None,
                     "labels_needed_per_seed": per_seed, "holds": reach == reach and reach < labels[-1],
@@ -552,6 +555,9 @@ def markdown(payload: dict) -> str:
         f"(cycles >= 1), student {st['student_iters']} it, batch {st['batch_size']}, pseudo-labels {st['pl_filter']} {st['pl_params']}, "
         f"X+SSL scores with the {st['ssl_scoring']}; evaluation: {st['eval_images']} held-out independent frames.",
         "",
+        *([f"Computed over {len(payload['invocations'])} invocations on the same --work folder: "
+           + "; ".join(f"{i['command']}: {i['seconds'] / 60:.1f} min at load {i['loadavg_1m_at_start']}" for i in payload["invocations"]),
+           ""] if payload.get("invocations") else []),
         "AP50 / AP (COCO, x100) per cycle, mean +- std over seeds:",
         "",
         format_table(payload["curves"], ["variant", "strategy", "cycle", "labeled", "pct", "AP50", "AP"],

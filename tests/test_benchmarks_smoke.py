@@ -132,7 +132,6 @@ def test_throughput_parquet_smoke_writes_results(tmp_path):
     assert (tmp_path / "tp.csv").read_text().startswith("section,name,value")
 
 
-@pytest.mark.slow
 def test_label_efficiency_smoke_runs_the_loop(tmp_path):
     payload = le.main(["--smoke", "--variants", "redundant", "--seeds", "0", "--workers", "1",
                        "--strategies", "random", "random+ssl", "coreset", "--work", str(tmp_path / "work"),
