@@ -67,7 +67,8 @@ def flatten_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
 
 
 def _label(exp: ExperimentConfig, cycle: int) -> str:
-    return f"cycle {cycle + 1}/{exp.cycles}"
+    """'cycle 0 (1/3)': the number the summary table, MLflow and the store layout use, then progress."""
+    return f"cycle {cycle} ({cycle + 1}/{exp.cycles})"
 
 
 # --------------------------------------------------------------------------- run start / cycle start
