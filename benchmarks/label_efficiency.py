@@ -501,12 +501,9 @@ def claims(records: list[dict], args) -> dict:
 
 
 def plot(curve_rows: list[dict], args, path: Path) -> Path:
-    import matplotlib
+    from activedet.plots import save_png, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(1, len(args.variants), figsize=(6.5 * len(args.variants), 4.8), squeeze=False)
+    fig, axes = subplots(1, len(args.variants), figsize=(6.5 * len(args.variants), 4.8), squeeze=False)
     styles = {n: ("--" if STRATEGIES[n].ssl else "-") for n in STRATEGIES}
     for ax, variant in zip(axes[0], args.variants, strict=True):
         for strategy in args.strategies:
@@ -526,9 +523,7 @@ def plot(curve_rows: list[dict], args, path: Path) -> Path:
         ax.set_ylabel("AP50 on held-out set (mean +- std)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_png(fig, path, dpi=110)
     return path
 
 

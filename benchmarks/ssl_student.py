@@ -152,21 +152,17 @@ def summarise(rows: list[dict]) -> list[dict]:
 
 
 def plot(rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from activedet.plots import save_png, subplots
 
     models = list(dict.fromkeys(r["model"] for r in rows))
     means = [np.mean([r["AP"] for r in rows if r["model"] == m]) for m in models]
     stds = [np.std([r["AP"] for r in rows if r["model"] == m], ddof=1) if sum(r["model"] == m for r in rows) > 1 else 0 for m in models]
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig, ax = subplots(figsize=(8, 4))
     ax.bar(range(len(models)), means, yerr=stds, capsize=4, color=["grey", "silver"] + ["tab:blue"] * (len(models) - 2))
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
     ax.set_ylabel("COCO AP (val + test)")
     ax.set_title("SynthDrive: SSL student vs supervised teacher (mean +- std over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    save_png(fig, path, dpi=120)
 
 
 COLUMNS = ["model", "AP", "AP50", "AP - teacher", "wins", "pseudo boxes", "pseudo precision"]

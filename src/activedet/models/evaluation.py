@@ -157,16 +157,13 @@ def per_class_table(per_class: list[dict]) -> pa.Table:
 
 def plot_per_class(per_class: list[dict], path: str | Path, *, title: str = "per-class AP") -> Path:
     """Bar chart of per-class AP and AP50 (PNG, matplotlib Agg)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from activedet.plots import save_png, subplots
 
     names = [r["name"] + (" *" if r.get("rare") else "") for r in per_class]
     ap = [r["ap"] if r["ap"] is not None else math.nan for r in per_class]
     ap50 = [r["ap50"] if r["ap50"] is not None else math.nan for r in per_class]
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.5))
+    fig, ax = subplots(figsize=(max(4.0, 0.6 * len(names) + 2), 3.5))
     ax.bar(x - 0.2, ap, 0.4, label="AP")
     ax.bar(x + 0.2, ap50, 0.4, label="AP50")
     ax.set_xticks(x, names, rotation=45, ha="right")
@@ -174,8 +171,4 @@ def plot_per_class(per_class: list[dict], path: str | Path, *, title: str = "per
     ax.set_ylabel("AP")
     ax.set_title(title + ("  (* = rare)" if any(r.get("rare") for r in per_class) else ""))
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

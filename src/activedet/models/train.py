@@ -140,6 +140,16 @@ class Trainer:
         self.last_losses: dict[str, float] = {}
         self.loss_history: list[tuple[int, float]] = []
 
+    @classmethod
+    def from_config(cls, model: nn.Module, batches: Iterable[Batch], config, *, device, **kwargs) -> Trainer:
+        """Build from a training stage config (train-teacher and train-student-ssl share the
+        optimizer fields: iterations, lr, momentum, weight_decay, warmup_iters, lr_milestones, amp)."""
+        return cls(
+            model, batches, iterations=config.iterations, lr=config.lr, momentum=config.momentum,
+            weight_decay=config.weight_decay, warmup_iters=config.warmup_iters, decay_at=config.lr_milestones,
+            device=device, amp=config.amp, **kwargs,
+        )
+
     # ------------------------------------------------------------------ optimizer state (resume)
 
     def optimizer_state_tensors(self) -> dict[str, Tensor]:

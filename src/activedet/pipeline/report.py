@@ -41,12 +41,9 @@ def format_table(rows: list[dict]) -> str:
 
 def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budget curve") -> Path:
     """AP and AP50 against the number of labeled images (one point per cycle)."""
-    import matplotlib
+    from activedet.plots import save_png, subplots
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = subplots(figsize=(6, 4))
     xs = [r["labeled"] for r in rows]
     for key in ("AP50", "AP"):
         pts = [(x, r[key]) for x, r in zip(xs, rows, strict=True) if r.get(key) is not None]
@@ -57,8 +54,4 @@ def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budge
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
-    fig.tight_layout()
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    return save_png(fig, path)

@@ -198,11 +198,9 @@ def train_student(config) -> dict:
             lab_data, pseudo_data, batch_size=config.batch_size, labeled_fraction=config.labeled_fraction,
             seed=config.seed, start_iter=start, num_workers=config.num_workers,
         )
-        trainer = Trainer(
-            detector.model, batches, iterations=config.iterations, lr=config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay, warmup_iters=config.warmup_iters, decay_at=config.lr_milestones,
-            device=device, amp=config.amp, loss_fn=ssl_loss(config.lambda_u), hooks=[resume], tracker=tracker,
-            start_iter=start, desc="train-student-ssl",
+        trainer = Trainer.from_config(
+            detector.model, batches, config, device=device, loss_fn=ssl_loss(config.lambda_u), hooks=[resume],
+            tracker=tracker, start_iter=start, desc="train-student-ssl",
         )
         if optim_state:
             trainer.load_optimizer_state(optim_state)

@@ -125,11 +125,9 @@ def run(config: Config) -> Result:
         batches = endless_batches(
             train_data, batch_size=config.batch_size, seed=config.seed, start_iter=start, num_workers=config.num_workers
         )
-        trainer = Trainer(
-            detector.model, batches, iterations=config.iterations, lr=config.lr, momentum=config.momentum,
-            weight_decay=config.weight_decay, warmup_iters=config.warmup_iters, decay_at=config.lr_milestones,
-            device=device, amp=config.amp, hooks=[resume], tracker=tracker, start_iter=start, desc="train-teacher",
-            log_every=max(1, min(20, config.iterations // 10)),
+        trainer = Trainer.from_config(
+            detector.model, batches, config, device=device, hooks=[resume], tracker=tracker, start_iter=start,
+            desc="train-teacher", log_every=max(1, min(20, config.iterations // 10)),
         )
         if optim_state:
             trainer.load_optimizer_state(optim_state)
