@@ -48,6 +48,7 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
+        force=True,  # log to this call's stderr (in-process callers and tests swap it)
     )
     try:
         result = args.func(args)
