@@ -5,12 +5,13 @@ Stages exchange everything (tables, checkpoints, reports) through URIs. Local pa
 endpoint (``AWS_ENDPOINT_URL`` / ``AWS_ENDPOINT_URL_S3``), region and credentials from the standard
 AWS environment and profile, so MinIO and any S3-compatible service work unchanged.
 
-Atomic outputs: a stage writes its files under an output prefix with :class:`OutputWriter` and
-commits by writing ``_MANIFEST.json`` (file sizes and sha256) *last*. Readers call
-:func:`require_committed` (or :func:`read_table` with ``committed=True``) and get
-:class:`~activedet.errors.IncompleteOutputError` for a prefix without a manifest. Re-opening a
-writer on an existing prefix removes what was there (except resumable state under ``_resume/``
-when asked), so a killed stage can simply be re-run.
+Safe outputs: a stage writes its files with :class:`OutputWriter`, which refuses any location
+holding data activedet did not write, stages every file beside the output and swaps the finished
+output in with ``_MANIFEST.json`` (file sizes and sha256). A failed or killed write leaves the
+previous committed output intact. Readers call :func:`require_committed` (sizes checked),
+:func:`read_output_table` / :func:`read_output_json` / :func:`verified_local_file` (sha256
+checked) and get :class:`~activedet.errors.IncompleteOutputError` for a prefix without a valid
+commit. S3 calls have bounded connect/read timeouts and attempts (:func:`s3_settings`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import shutil
 import tempfile
 import threading
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -81,21 +83,54 @@ _client_lock = threading.Lock()
 _clients: dict[int, object] = {}
 
 
+#: environment variables bounding every S3 call (documented in docs/cluster.md)
+S3_ENV_DEFAULTS = {
+    "ACTIVEDET_S3_CONNECT_TIMEOUT": 5.0,  # seconds to open a connection
+    "ACTIVEDET_S3_READ_TIMEOUT": 20.0,  # seconds without a byte from the endpoint
+    "ACTIVEDET_S3_MAX_ATTEMPTS": 3,  # attempts per call, first included
+}
+
+
+def s3_settings() -> dict:
+    """Timeouts and attempts from the environment; worst case per call ~ attempts x (connect + read)."""
+    out = {}
+    for name, default in S3_ENV_DEFAULTS.items():
+        raw = os.environ.get(name)
+        try:
+            value = type(default)(raw) if raw is not None else default
+        except ValueError:
+            raise StoreError(f"environment variable {name}={raw!r} is not a number") from None
+        if value <= 0:
+            raise StoreError(f"environment variable {name}={raw!r} must be positive")
+        out[name] = value
+    return out
+
+
 def s3_client():
-    """A boto3 S3 client configured from the standard AWS environment, with retries/backoff."""
+    """A boto3 S3 client from the standard AWS environment, with bounded timeouts and retries."""
     import boto3
     from botocore.config import Config
 
-    key = os.getpid()  # clients are not fork-safe: one per process
+    settings = s3_settings()
+    key = (os.getpid(), tuple(settings.values()))  # clients are not fork-safe: one per process
     with _client_lock:
         if key not in _clients:
             cfg = Config(
-                retries={"max_attempts": int(os.environ.get("ACTIVEDET_S3_MAX_ATTEMPTS", "8")), "mode": "adaptive"},
+                connect_timeout=settings["ACTIVEDET_S3_CONNECT_TIMEOUT"],
+                read_timeout=settings["ACTIVEDET_S3_READ_TIMEOUT"],
+                retries={"max_attempts": int(settings["ACTIVEDET_S3_MAX_ATTEMPTS"]), "mode": "standard"},
                 max_pool_connections=32,
                 s3={"addressing_style": os.environ.get("ACTIVEDET_S3_ADDRESSING", "auto")},
             )
             _clients[key] = boto3.session.Session().client("s3", config=cfg)
         return _clients[key]
+
+
+def _endpoint() -> str:
+    try:
+        return str(s3_client().meta.endpoint_url)
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        return "the S3 endpoint"
 
 
 def _transfer_config():
@@ -106,15 +141,32 @@ def _transfer_config():
     )
 
 
-def _s3_error(exc: Exception, uri: str) -> StoreError:
-    code = getattr(exc, "response", {}).get("Error", {}).get("Code", type(exc).__name__)
+def _s3_error(exc: Exception, uri: str, operation: str = "") -> StoreError:
+    """One actionable :class:`StoreError` for any botocore failure on ``uri``."""
+    from botocore import exceptions as bex
+
+    op = f" during {operation}" if operation else ""
+    if isinstance(exc, (bex.ConnectTimeoutError, bex.ReadTimeoutError)):
+        kind = "connect" if isinstance(exc, bex.ConnectTimeoutError) else "read"
+        return StoreError(
+            f"S3 endpoint {_endpoint()} did not answer ({kind} timeout){op} on {uri}; check the endpoint, "
+            "or raise ACTIVEDET_S3_READ_TIMEOUT / ACTIVEDET_S3_CONNECT_TIMEOUT"
+        )
+    if isinstance(exc, (bex.EndpointConnectionError, bex.ConnectionClosedError)):
+        return StoreError(f"cannot reach S3 endpoint {_endpoint()}{op} on {uri}: {exc}")
+    if isinstance(exc, bex.NoCredentialsError):
+        return StoreError(f"no AWS credentials for {uri}{op}: set AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or AWS_PROFILE")
+    response = getattr(exc, "response", None)
+    error = response.get("Error", {}) if isinstance(response, dict) else {}
+    code = str(error.get("Code") or type(exc).__name__)
     if code in ("404", "NoSuchKey", "NotFound"):
         return StoreError(f"object not found: {uri}")
     if code in ("NoSuchBucket",):
         return StoreError(f"bucket does not exist: {uri}")
     if code in ("403", "AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch"):
-        return StoreError(f"access denied to {uri} ({code}); check AWS credentials / profile")
-    return StoreError(f"S3 error on {uri}: {code}: {exc}")
+        return StoreError(f"access denied to {uri} ({code}){op}; check AWS credentials / profile")
+    first = str(exc).splitlines()[0] if str(exc) else code
+    return StoreError(f"S3 error{op} on {uri}: {code}: {first}")
 
 
 # --------------------------------------------------------------------------- basic operations
@@ -128,7 +180,7 @@ def exists(uri: str) -> bool:
             s3_client().head_object(Bucket=bucket, Key=key)
             return True
         except Exception as exc:  # botocore ClientError: 404 means absent, anything else is an error
-            err = _s3_error(exc, uri)
+            err = _s3_error(exc, uri, "HeadObject")
             if "not found" in str(err):
                 return False
             raise err from exc
@@ -142,7 +194,7 @@ def read_bytes(uri: str) -> bytes:
         try:
             return s3_client().get_object(Bucket=bucket, Key=key)["Body"].read()
         except Exception as exc:
-            raise _s3_error(exc, uri) from exc
+            raise _s3_error(exc, uri, "GetObject") from exc
     path = local_path(uri)
     if not path.is_file():
         raise StoreError(f"file not found: {uri}")
@@ -156,13 +208,14 @@ def write_bytes(uri: str, data: bytes) -> None:
         try:
             s3_client().upload_fileobj(io.BytesIO(data), bucket, key, Config=_transfer_config())
         except Exception as exc:
-            raise _s3_error(exc, uri) from exc
+            raise _s3_error(exc, uri, "PutObject") from exc
         return
     path = local_path(uri)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(fd, "wb") as fh:
         fh.write(data)
+    _readable_mode(Path(tmp))  # mkstemp makes 0600: readers with another UID (other pods) need the usual mode
     os.replace(tmp, path)
 
 
@@ -177,8 +230,8 @@ def write_text(uri: str, text: str) -> None:
 def read_json(uri: str):
     try:
         return json.loads(read_bytes(uri))
-    except json.JSONDecodeError as exc:
-        raise StoreError(f"malformed JSON in {uri}: {exc}") from None
+    except (UnicodeDecodeError, ValueError) as exc:  # also a binary (e.g. pickled) file
+        raise StoreError(f"malformed JSON in {uri}: {str(exc).splitlines()[0]}") from None
 
 
 def write_json(uri: str, obj) -> None:
@@ -193,7 +246,7 @@ def open_read(uri: str, chunk_size: int = 1 << 20) -> Iterator[io.RawIOBase]:
         try:
             body = s3_client().get_object(Bucket=bucket, Key=key)["Body"]
         except Exception as exc:
-            raise _s3_error(exc, uri) from exc
+            raise _s3_error(exc, uri, "GetObject") from exc
         try:
             yield body
         finally:
@@ -214,7 +267,7 @@ def upload(local: str | Path, uri: str) -> None:
         try:
             s3_client().upload_file(str(local), bucket, key, Config=_transfer_config())
         except Exception as exc:
-            raise _s3_error(exc, uri) from exc
+            raise _s3_error(exc, uri, "PutObject") from exc
         return
     dest = local_path(uri)
     if dest.resolve() == local.resolve():
@@ -236,7 +289,7 @@ def download(uri: str, local: str | Path) -> Path:
             s3_client().download_file(bucket, key, str(tmp), Config=_transfer_config())
         except Exception as exc:
             tmp.unlink(missing_ok=True)
-            raise _s3_error(exc, uri) from exc
+            raise _s3_error(exc, uri, "GetObject") from exc
     else:
         src = local_path(uri)
         if not src.is_file():
@@ -256,7 +309,7 @@ def list_uris(prefix: str) -> list[str]:
             for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
                 out.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", []))
         except Exception as exc:
-            raise _s3_error(exc, prefix) from exc
+            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
         return sorted(out)
     root = local_path(prefix)
     if not root.is_dir():
@@ -276,7 +329,7 @@ def list_objects(prefix: str) -> list[dict]:
                 for o in page.get("Contents", []):
                     out.append({"uri": f"s3://{bucket}/{o['Key']}", "size": o["Size"], "etag": o["ETag"].strip('"')})
         except Exception as exc:
-            raise _s3_error(exc, prefix) from exc
+            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
         return sorted(out, key=lambda o: o["uri"])
     out = []
     for uri in list_uris(prefix):
@@ -286,7 +339,12 @@ def list_objects(prefix: str) -> list[dict]:
 
 
 def delete_prefix(prefix: str, keep: Iterable[str] = ()) -> None:
-    """Delete everything under ``prefix`` except keys under the relative prefixes in ``keep``."""
+    """Delete everything under ``prefix`` except keys under the relative prefixes in ``keep``.
+
+    Callers pass only prefixes activedet owns (staging, resume state); a bucket root is refused.
+    """
+    if is_s3(prefix) and not _split_s3(prefix)[1].strip("/"):
+        raise StoreError(f"refusing to delete the bucket root {prefix}")
     keep = tuple(k.strip("/") + "/" for k in keep)
     base = str(prefix).rstrip("/") + "/"
 
@@ -299,7 +357,10 @@ def delete_prefix(prefix: str, keep: Iterable[str] = ()) -> None:
         client = s3_client()
         for i in range(0, len(keys), 1000):
             batch = [{"Key": _split_s3(u)[1]} for u in keys[i : i + 1000]]
-            client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            try:
+                client.delete_objects(Bucket=bucket, Delete={"Objects": batch, "Quiet": True})
+            except Exception as exc:
+                raise _s3_error(exc, prefix, "DeleteObjects") from exc
         return
     root = local_path(prefix)
     if not root.exists():
@@ -351,6 +412,12 @@ def read_table(uri: str, *, columns: list[str] | None = None) -> pa.Table:
 
 # --------------------------------------------------------------------------- atomic outputs
 
+#: JSON marker of an activedet write in progress: in a staging prefix, in a resumable output
+#: before its first commit, and (S3) in an output while a commit copies its files in.
+WRITING_MARKER = "_WRITING.json"
+MANIFEST_FORMAT = "activedet-output/1"
+_OURS = (MANIFEST, WRITING_MARKER)
+
 
 def _sha256_file(path: Path) -> str:
     h = hashlib.sha256()
@@ -365,30 +432,254 @@ def is_committed(prefix: str) -> bool:
     return exists(join(prefix, MANIFEST))
 
 
+def _valid_manifest(obj) -> bool:
+    return isinstance(obj, dict) and isinstance(obj.get("files"), dict)
+
+
+def _relative_listing(prefix: str) -> Iterator[tuple[str, int]]:
+    """(name relative to ``prefix``, size) of every file under it, lazily."""
+    if is_s3(prefix):
+        bucket, key = _split_s3(prefix)
+        key = key.rstrip("/") + "/" if key else ""
+        try:
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
+                for o in page.get("Contents", []):
+                    yield o["Key"][len(key):], int(o["Size"])
+        except Exception as exc:
+            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
+        return
+    root = local_path(prefix)
+    if not root.is_dir():
+        return
+    for p in root.rglob("*"):
+        if p.is_file() or p.is_symlink():
+            yield p.relative_to(root).as_posix(), p.lstat().st_size
+
+
 def require_committed(prefix: str) -> dict:
-    """Return the manifest of a committed output, or raise :class:`IncompleteOutputError`."""
+    """Return the manifest of a committed output after checking every listed file's size.
+
+    Raises :class:`IncompleteOutputError` for a prefix with no manifest, an interrupted commit, a
+    listed file that is missing, or one whose size differs from the manifest (changed after
+    commit). Content hashes are checked where files are read (:func:`read_output_table`,
+    :func:`read_output_json`, :func:`verified_local_file`).
+    """
     uri = join(prefix, MANIFEST)
     if not exists(uri):
-        if list_uris(prefix):
+        if exists(join(prefix, WRITING_MARKER)) or any(True for _ in _relative_listing(prefix)):
             raise IncompleteOutputError(
                 f"incomplete output (no manifest: the writer died or is still running; re-run it) at {prefix}"
             )
         raise IncompleteOutputError(f"no output at {prefix} (nothing there: check the path or URI)")
-    return read_json(uri)
+    manifest = read_json(uri)
+    if not _valid_manifest(manifest):
+        raise IncompleteOutputError(f"malformed manifest {uri}: expected an object with a 'files' mapping")
+    if exists(join(prefix, WRITING_MARKER)) and _read_marker(join(prefix, WRITING_MARKER)).get("committing"):
+            raise IncompleteOutputError(f"interrupted commit at {prefix}: re-run the stage that writes it")
+    sizes = dict(_relative_listing(prefix))
+    for name, entry in sorted(manifest["files"].items()):
+        if name not in sizes:
+            raise IncompleteOutputError(f"{join(prefix, name)} is listed in {uri} but missing")
+        if isinstance(entry, dict) and "size" in entry and int(entry["size"]) != sizes[name]:
+            raise IncompleteOutputError(
+                f"{join(prefix, name)} has {sizes[name]} bytes but its manifest says {entry['size']}: changed after commit"
+            )
+    return manifest
+
+
+def _read_marker(uri: str) -> dict:
+    try:
+        marker = read_json(uri)
+    except StoreError:
+        return {}
+    return marker if isinstance(marker, dict) else {}
+
+
+def verify_file(path: Path, expected_sha: str | None, where: str) -> None:
+    """Raise :class:`IncompleteOutputError` when ``path``'s sha256 is not ``expected_sha``."""
+    if expected_sha and _sha256_file(path) != expected_sha:
+        raise IncompleteOutputError(f"{where} does not match the sha256 in its manifest: changed after commit")
+
+
+@contextmanager
+def verified_local_file(prefix: str, name: str, manifest: dict | None = None) -> Iterator[Path]:
+    """A local path to committed file ``name`` whose sha256 matched the manifest (S3: a temp copy)."""
+    manifest = manifest if manifest is not None else require_committed(prefix)
+    entry = manifest["files"].get(name)
+    uri = join(prefix, name)
+    if entry is None:
+        raise IncompleteOutputError(f"{uri} is not part of the committed output at {prefix}")
+    if is_s3(uri):
+        with tempfile.TemporaryDirectory() as tmp:
+            path = download(uri, Path(tmp) / Path(name).name)
+            verify_file(path, entry.get("sha256"), uri)
+            yield path
+        return
+    path = local_path(uri)
+    verify_file(path, entry.get("sha256"), uri)
+    yield path
+
+
+class OutputRefusedError(StoreError):
+    """An output location holds data activedet did not write (or cannot hold an output)."""
+
+
+def _refuse_bad_location(prefix: str) -> None:
+    if is_s3(prefix):
+        bucket, key = _split_s3(prefix)
+        if not key.strip("/"):
+            raise OutputRefusedError(
+                f"refusing to write an output at the bucket root {prefix}: give a key prefix, e.g. s3://{bucket}/runs/NAME"
+            )
+        return
+    path = local_path(prefix)
+    if path.exists() and not path.is_dir():
+        raise OutputRefusedError(f"output location {prefix} is a file, not a folder")
+    probe = path
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise OutputRefusedError(f"output location {prefix} cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise OutputRefusedError(f"output location {prefix} is not writable ({probe}: permission denied)")
+    if path.exists() and not os.access(path.parent, os.W_OK | os.X_OK):
+        raise OutputRefusedError(f"output location {prefix} cannot be replaced ({path.parent}: permission denied)")
+
+
+def claim_output(prefix: str) -> None:
+    """Refuse ``prefix`` as an output unless it is empty or holds only an activedet output.
+
+    An activedet output is a prefix with a valid ``_MANIFEST.json`` (and only the files it lists,
+    plus ``_resume/`` state), or one carrying activedet's write marker (a write in progress or
+    killed). Anything else raises :class:`OutputRefusedError` naming the prefix and what is
+    there, before anything is touched. A bucket root is never an output.
+    """
+    _refuse_bad_location(prefix)
+    listed: set[str] = set()
+    marker = exists(join(prefix, WRITING_MARKER))
+    if exists(join(prefix, MANIFEST)):
+        try:
+            manifest = read_json(join(prefix, MANIFEST))
+        except StoreError:
+            manifest = None
+        if _valid_manifest(manifest):
+            listed = set(manifest["files"])
+        elif not marker:
+            raise OutputRefusedError(
+                f"refusing to replace {prefix}: its {MANIFEST} is not an activedet manifest; choose a new output location"
+            )
+    foreign: list[str] = []
+    for name, _ in _relative_listing(prefix):
+        if name in _OURS or name in listed or name.startswith(RESUME_DIR + "/") or (marker and not listed):
+            continue
+        foreign.append(name)
+        if len(foreign) == 3:
+            break
+    if foreign:
+        raise OutputRefusedError(
+            f"refusing to replace {prefix}: it holds files activedet did not write "
+            f"(e.g. {', '.join(foreign)}); choose an empty or new output location"
+        )
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _readable_mode(path: Path) -> None:
+    """Give a file written through mkstemp (0600) the permissions of any other new file."""
+    os.chmod(path, 0o666 & ~_umask())
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Atomically swap two directories (Linux ``renameat2(RENAME_EXCHANGE)``); False if unsupported."""
+    import ctypes
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    rc = renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange)
+    return rc == 0
+
+
+def _swap_in_local(staging: Path, target: Path) -> None:
+    """Make ``staging`` the folder at ``target``; the previous ``target`` (ours) is removed."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if not target.exists():
+        os.rename(staging, target)
+        return
+    if _exchange(staging, target):
+        shutil.rmtree(staging)  # now holds the previous output
+        return
+    old = target.with_name(f".{target.name}.replaced-{uuid.uuid4().hex[:8]}")
+    os.rename(target, old)
+    os.rename(staging, target)
+    shutil.rmtree(old)
+
+
+def _staging_prefix(prefix: str) -> str:
+    parent, _, name = str(prefix).rstrip("/").rpartition("/")
+    staged = f".{name}.staging-{uuid.uuid4().hex[:12]}"
+    return f"{parent}/{staged}" if parent else staged
+
+
+def _stale_staging(prefix: str) -> list[str]:
+    """Staging prefixes of earlier (killed) writers of ``prefix`` that carry our marker."""
+    parent, _, name = str(prefix).rstrip("/").rpartition("/")
+    pattern = f".{name}.staging-"
+    if is_s3(prefix):
+        bucket, key = _split_s3(prefix)
+        base_key = key.rstrip("/").rpartition("/")[0]
+        search = (base_key + "/" if base_key else "") + pattern
+        found = set()
+        try:
+            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=search):
+                for o in page.get("Contents", []):
+                    rel = o["Key"][len(search):]
+                    stem, _, rest = rel.partition("/")
+                    if rest == WRITING_MARKER:
+                        found.add(f"s3://{bucket}/{search}{stem}")
+        except Exception as exc:
+            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
+        return sorted(found)
+    folder = local_path(parent) if parent else Path(".")
+    if not folder.is_dir():
+        return []
+    return sorted(
+        str(p) for p in folder.glob(pattern + "*") if p.is_dir() and (p / WRITING_MARKER).is_file()
+    )
 
 
 class OutputWriter:
-    """Writes a stage's output prefix and commits it atomically.
+    """Writes a stage's output prefix through a staging prefix and commits it atomically.
 
     Usage::
 
         with OutputWriter(out_uri) as out:
             out.write_table("boxes.parquet", table)
             out.write_json("metrics.json", metrics)
-        # the manifest is written here, last; an exception leaves the output uncommitted
+        # committed here: the manifest is written last and the staged files are swapped in
 
-    Opening a writer invalidates and clears a previous output at the same prefix (keeping
-    ``_resume/`` when ``resumable=True``, so training can pick up its last checkpoint).
+    Safety rules:
+
+    * **Ownership**: opening refuses (:class:`OutputRefusedError`) a prefix that is not empty and
+      holds anything but an activedet output, and a bucket root; nothing is touched then.
+    * **Staged commit**: files go to a fresh sibling staging prefix (``.<name>.staging-<id>``);
+      only a complete write replaces the output. Local: the staged folder is swapped in with an
+      atomic directory exchange. S3: a commit marker is written, the previous files are
+      replaced by server-side copies of the staged ones, then the manifest (a reader in that
+      short window gets "interrupted commit"). A failed or killed write leaves the previous
+      committed output readable and intact; the next writer removes stale staging.
+    * ``resumable=True`` keeps ``_resume/`` state under the output prefix across failed runs
+      (training resumes from it); the commit drops it.
     """
 
     def __init__(self, prefix: str, *, resumable: bool = False, meta: dict | None = None):
@@ -396,15 +687,21 @@ class OutputWriter:
         self.resumable = resumable
         self.meta = dict(meta or {})
         self._files: dict[str, dict] = {}
-        self._tmp = Path(tempfile.mkdtemp(prefix="activedet-out-"))
+        self._tmp: Path | None = None
+        self._staging: str | None = None
         self._open = False
 
     # -- lifecycle
     def __enter__(self) -> OutputWriter:
-        manifest = join(self.prefix, MANIFEST)
-        if exists(manifest):
-            self._remove(manifest)  # invalidate first: a crash below must not leave a stale commit
-        delete_prefix(self.prefix, keep=(RESUME_DIR,) if self.resumable else ())
+        claim_output(self.prefix)
+        for stale in _stale_staging(self.prefix):
+            log.info("removing staging of an earlier, unfinished write: %s", stale)
+            delete_prefix(stale)
+        self._staging = _staging_prefix(self.prefix)
+        write_json(join(self._staging, WRITING_MARKER), {"writer": "activedet", "output": self.prefix, "pid": os.getpid()})
+        if self.resumable and not is_committed(self.prefix):
+            write_json(join(self.prefix, WRITING_MARKER), {"writer": "activedet", "resumable": True})
+        self._tmp = Path(tempfile.mkdtemp(prefix="activedet-out-"))
         self._open = True
         return self
 
@@ -413,34 +710,37 @@ class OutputWriter:
             if exc_type is None:
                 self.commit()
         finally:
-            shutil.rmtree(self._tmp, ignore_errors=True)
+            if self._staging is not None and (exc_type is not None or self._open):
+                delete_prefix(self._staging)
+            if self._tmp is not None:
+                shutil.rmtree(self._tmp, ignore_errors=True)
             self._open = False
-
-    @staticmethod
-    def _remove(uri: str) -> None:
-        if is_s3(uri):
-            bucket, key = _split_s3(uri)
-            s3_client().delete_object(Bucket=bucket, Key=key)
-        else:
-            local_path(uri).unlink(missing_ok=True)
 
     # -- writing
     def uri(self, name: str) -> str:
+        """The URI ``name`` will have once the output is committed."""
         return join(self.prefix, name)
 
     def local_file(self, name: str) -> Path:
         """A scratch path to write ``name`` to before :meth:`add_file` (for libraries that need a path)."""
+        self._require_open()
         path = self._tmp / name
         path.parent.mkdir(parents=True, exist_ok=True)
         return path
 
-    def add_file(self, name: str, local: str | Path) -> str:
-        """Upload a finished local file as ``name`` and record it for the manifest."""
+    def _require_open(self) -> None:
         if not self._open:
             raise StoreError(f"output writer for {self.prefix} is not open (use it as a context manager)")
+
+    def add_file(self, name: str, local: str | Path) -> str:
+        """Stage a finished local file as ``name`` and record it for the manifest."""
+        self._require_open()
+        name = name.strip("/")
+        if name in _OURS or name.startswith(RESUME_DIR + "/") or ".." in name.split("/"):
+            raise StoreError(f"output file name {name!r} is reserved or escapes the output {self.prefix}")
         local = Path(local)
         self._files[name] = {"size": local.stat().st_size, "sha256": _sha256_file(local)}
-        upload(local, self.uri(name))
+        upload(local, join(self._staging, name))
         return self.uri(name)
 
     def write_bytes(self, name: str, data: bytes) -> str:
@@ -457,22 +757,78 @@ class OutputWriter:
         return self.add_file(name, path)
 
     def commit(self) -> None:
-        """Write the manifest last; after this the output is visible to readers."""
-        if self.resumable:
-            delete_prefix(join(self.prefix, RESUME_DIR))
-        manifest = {"files": self._files, "committed_at": time.time(), **self.meta}
+        """Write the manifest into the staging prefix and swap the staged output in."""
+        self._require_open()
+        manifest = {"format": MANIFEST_FORMAT, "files": self._files, "committed_at": time.time(), **self.meta}
+        if is_s3(self.prefix):
+            self._commit_s3(manifest)
+        else:
+            write_json(join(self._staging, MANIFEST), manifest)
+            _remove(join(self._staging, WRITING_MARKER))
+            _swap_in_local(local_path(self._staging), local_path(self.prefix))
+        self._staging = None
+        self._open = False
+
+    def _commit_s3(self, manifest: dict) -> None:
+        marker = join(self.prefix, WRITING_MARKER)
+        write_json(marker, {"writer": "activedet", "committing": True, "staging": self._staging})
+        _remove(join(self.prefix, MANIFEST))
+        keep = set(self._files) | {WRITING_MARKER}
+        stale = [n for n, _ in _relative_listing(self.prefix) if n not in keep]
+        for name in self._files:
+            copy_object(join(self._staging, name), join(self.prefix, name))
+        for name in stale:
+            _remove(join(self.prefix, name))
         write_json(join(self.prefix, MANIFEST), manifest)
+        _remove(marker)
+        delete_prefix(self._staging)
 
 
-def read_output_table(prefix: str, name: str, **kwargs) -> pa.Table:
-    """Read table ``name`` from a committed output (raises on an incomplete one)."""
-    require_committed(prefix)
-    return read_table(join(prefix, name), **kwargs)
+def _remove(uri: str) -> None:
+    if is_s3(uri):
+        bucket, key = _split_s3(uri)
+        try:
+            s3_client().delete_object(Bucket=bucket, Key=key)
+        except Exception as exc:
+            raise _s3_error(exc, uri, "DeleteObject") from exc
+    else:
+        local_path(uri).unlink(missing_ok=True)
 
 
-def read_output_json(prefix: str, name: str):
-    require_committed(prefix)
-    return read_json(join(prefix, name))
+def copy_object(src: str, dst: str) -> None:
+    """Copy one object to another URI (S3: server-side, multipart when large)."""
+    if is_s3(src) and is_s3(dst):
+        sb, sk = _split_s3(src)
+        db, dk = _split_s3(dst)
+        try:
+            s3_client().copy({"Bucket": sb, "Key": sk}, db, dk, Config=_transfer_config())
+        except Exception as exc:
+            raise _s3_error(exc, dst, "CopyObject") from exc
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        upload(download(src, Path(tmp) / "obj"), dst)
+
+
+def read_output_table(prefix: str, name: str, *, manifest: dict | None = None, **kwargs) -> pa.Table:
+    """Read table ``name`` from a committed output, its size and sha256 checked against the manifest."""
+    with verified_local_file(prefix, name, manifest) as path:
+        return read_table(str(path), **kwargs) if not is_s3(prefix) else _read_parquet(path, join(prefix, name), **kwargs)
+
+
+def _read_parquet(path: Path, where: str, *, columns: list[str] | None = None) -> pa.Table:
+    try:
+        return pq.read_table(path, columns=columns, memory_map=False)
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise StoreError(f"cannot read Parquet table {where}: {exc}") from None
+
+
+def read_output_json(prefix: str, name: str, *, manifest: dict | None = None):
+    """Read JSON file ``name`` from a committed output, its sha256 checked against the manifest."""
+    with verified_local_file(prefix, name, manifest) as path:
+        try:
+            return json.loads(path.read_bytes())
+        except (UnicodeDecodeError, ValueError) as exc:
+            raise StoreError(f"malformed JSON in {join(prefix, name)}: {exc}") from None
 
 
 # --------------------------------------------------------------------------- content cache
