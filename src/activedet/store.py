@@ -419,7 +419,8 @@ MANIFEST_FORMAT = "activedet-output/1"
 _OURS = (MANIFEST, WRITING_MARKER)
 
 
-def _sha256_file(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """Hex sha256 of a local file (streamed)."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
@@ -497,7 +498,7 @@ def _read_marker(uri: str) -> dict:
 
 def verify_file(path: Path, expected_sha: str | None, where: str) -> None:
     """Raise :class:`IncompleteOutputError` when ``path``'s sha256 is not ``expected_sha``."""
-    if expected_sha and _sha256_file(path) != expected_sha:
+    if expected_sha and sha256_file(path) != expected_sha:
         raise IncompleteOutputError(f"{where} does not match the sha256 in its manifest: changed after commit")
 
 
@@ -739,7 +740,7 @@ class OutputWriter:
         if name in _OURS or name.startswith(RESUME_DIR + "/") or ".." in name.split("/"):
             raise StoreError(f"output file name {name!r} is reserved or escapes the output {self.prefix}")
         local = Path(local)
-        self._files[name] = {"size": local.stat().st_size, "sha256": _sha256_file(local)}
+        self._files[name] = {"size": local.stat().st_size, "sha256": sha256_file(local)}
         upload(local, join(self._staging, name))
         return self.uri(name)
 

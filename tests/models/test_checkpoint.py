@@ -67,12 +67,34 @@ def test_class_mismatch_is_refused(synth, untrained_checkpoint, tmp_path):
 def test_missing_or_corrupt_checkpoint(tmp_path, untrained_checkpoint):
     with pytest.raises(CheckpointError, match="not a checkpoint"):
         load_detector(str(tmp_path / "nothing"))
+    meta = (store.local_path(untrained_checkpoint) / "meta.json").read_bytes()
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "meta.json").write_text((store.local_path(untrained_checkpoint) / "meta.json").read_text())
+    (bad / "meta.json").write_bytes(meta)
     (bad / "model.safetensors").write_bytes(b"not a safetensors file")
-    with pytest.raises(CheckpointError, match="cannot read"):
+    with pytest.raises(CheckpointError, match="has no _MANIFEST.json"):  # uncommitted: never loaded
         load_detector(str(bad))
+    with store.OutputWriter(str(tmp_path / "corrupt")) as out:  # committed, but not safetensors
+        out.write_bytes("meta.json", meta)
+        out.write_bytes("model.safetensors", b"not a safetensors file")
+    with pytest.raises(CheckpointError, match="cannot read"):
+        load_detector(str(tmp_path / "corrupt"))
+
+
+def test_swapped_weights_fail_the_manifest_hash(tmp_path, untrained_checkpoint, synth):
+    other = tmp_path / "other"
+    torch.manual_seed(7)
+    with store.OutputWriter(str(other)) as out:
+        write_checkpoint(out, detector_for_dataset("tiny", synth))
+    target = store.local_path(untrained_checkpoint) / "model.safetensors"
+    swapped = tmp_path / "swapped"
+    import shutil
+
+    shutil.copytree(store.local_path(untrained_checkpoint), swapped)
+    shutil.copyfile(other / "model.safetensors", swapped / "model.safetensors")  # same size, other tensors
+    assert (swapped / "model.safetensors").stat().st_size == target.stat().st_size
+    with pytest.raises(CheckpointError, match="sha256"):
+        load_detector(str(swapped))
 
 
 def test_s3_round_trip(s3_bucket, synth):

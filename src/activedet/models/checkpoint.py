@@ -5,6 +5,9 @@ A checkpoint is a folder (local or ``s3://``) holding::
     model.safetensors   the model's state dict (tensors only)
     meta.json           preset + options, class names and category ids, input size, training
                         config, data digest, metrics, package version, parent run ids
+    _MANIFEST.json      the commit (sizes, sha256): a folder without one is never loaded
+
+Both files are checked against the manifest's sha256 before they are parsed.
 
 :func:`load_detector` rebuilds the preset from ``meta.json`` and loads the tensors with
 safetensors; nothing is unpickled. Given a dataset, a checkpoint whose classes differ from the
@@ -24,7 +27,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from activedet import __version__, store
-from activedet.errors import ActivedetError
+from activedet.errors import ActivedetError, IncompleteOutputError, StoreError
 from activedet.models.presets import build_model
 
 WEIGHTS = "model.safetensors"
@@ -128,12 +131,19 @@ def write_checkpoint(out: store.OutputWriter, detector: Detector, *, subdir: str
     return out.uri(subdir) if subdir else out.prefix
 
 
-def upload_checkpoint(detector: Detector, uri: str, **meta: Any) -> str:
-    """Write a checkpoint folder straight to ``uri`` (no manifest; used for resume state)."""
+def upload_checkpoint(detector: Detector, uri: str, *, extra_files: dict[str, Path] | None = None, **meta: Any) -> str:
+    """Write a committed checkpoint folder straight to ``uri`` (used for resume state).
+
+    ``extra_files`` (name -> local path, e.g. optimizer state) travel with it. The folder's
+    ``_MANIFEST.json`` (sizes, sha256) is written last: readers accept the folder only then.
+    """
     with tempfile.TemporaryDirectory() as tmp:
-        files = save_checkpoint_files(detector, tmp, **meta)
-        store.upload(files[WEIGHTS], store.join(uri, WEIGHTS))
-        store.upload(files[META], store.join(uri, META))  # meta last: it marks the folder complete
+        files = {**save_checkpoint_files(detector, tmp, **meta), **(extra_files or {})}
+        listed = {}
+        for name, path in files.items():
+            store.upload(path, store.join(uri, name))
+            listed[name] = {"size": Path(path).stat().st_size, "sha256": store.sha256_file(Path(path))}
+    store.write_json(store.join(uri, store.MANIFEST), {"format": store.MANIFEST_FORMAT, "files": listed})
     return uri
 
 
@@ -142,13 +152,40 @@ def _checkpoint_folder(uri: str) -> str:
     return uri.rsplit("/", 1)[0] if uri.endswith(".safetensors") or uri.endswith(META) else uri
 
 
-def read_checkpoint_meta(uri: str) -> dict[str, Any]:
-    """``meta.json`` of the checkpoint at ``uri`` (a folder, or its ``model.safetensors``)."""
+def committed_checkpoint(uri: str) -> tuple[str, dict, str]:
+    """(committed prefix, its manifest, checkpoint subfolder in it) of the checkpoint at ``uri``.
+
+    A checkpoint is readable only as part of a committed output: its folder's manifest, or the
+    manifest of the output it was written into (``write_checkpoint(..., subdir=...)``).
+    """
     folder = _checkpoint_folder(uri)
-    meta_uri = store.join(folder, META)
-    if not store.exists(meta_uri):
-        raise CheckpointError(f"not a checkpoint: {meta_uri} not found")
-    meta = store.read_json(meta_uri)
+    parent, _, leaf = folder.rpartition("/")
+    for prefix, sub in ((folder, ""), (parent, leaf)):
+        if not prefix or not store.is_committed(prefix):
+            continue
+        try:
+            manifest = store.require_committed(prefix)
+        except IncompleteOutputError as exc:
+            raise CheckpointError(f"checkpoint {folder}: {exc}") from None
+        if store.join(sub, META).lstrip("/") in manifest["files"]:
+            return prefix, manifest, sub
+    if store.exists(store.join(folder, META)) or store.exists(store.join(folder, WEIGHTS)):
+        raise CheckpointError(
+            f"checkpoint {folder} has no {store.MANIFEST}: an unfinished write or not an activedet checkpoint (re-run the stage that wrote it)"
+        )
+    raise CheckpointError(f"not a checkpoint: {store.join(folder, META)} not found")
+
+
+def read_checkpoint_meta(uri: str) -> dict[str, Any]:
+    """``meta.json`` of the checkpoint at ``uri`` (a folder, or its ``model.safetensors``); sha256-checked."""
+    prefix, manifest, sub = committed_checkpoint(uri)
+    meta_uri = store.join(prefix, sub, META)
+    try:
+        meta = store.read_output_json(prefix, store.join(sub, META).lstrip("/"), manifest=manifest)
+    except StoreError as exc:
+        raise CheckpointError(f"checkpoint meta {meta_uri}: {exc}") from None
+    if not isinstance(meta, dict):
+        raise CheckpointError(f"malformed checkpoint meta {meta_uri}: expected a JSON object")
     missing = [k for k in ("preset", "category_ids", "class_names") if k not in meta]
     if missing:
         raise CheckpointError(f"malformed checkpoint meta {meta_uri}: missing {missing}")
@@ -156,16 +193,21 @@ def read_checkpoint_meta(uri: str) -> dict[str, Any]:
 
 
 def read_state(uri: str) -> dict[str, torch.Tensor]:
-    """The tensors of a checkpoint (safetensors only: no pickle is ever loaded)."""
-    weights = store.join(_checkpoint_folder(uri), WEIGHTS)
-    if not store.exists(weights):
-        raise CheckpointError(f"not a checkpoint: {weights} not found")
-    with tempfile.TemporaryDirectory() as tmp:
-        path = store.download(weights, Path(tmp) / WEIGHTS) if store.is_s3(weights) else store.local_path(weights)
-        try:
+    """The tensors of a checkpoint (safetensors only: no pickle is ever loaded); sha256-checked."""
+    prefix, manifest, sub = committed_checkpoint(uri)
+    return read_safetensors(prefix, store.join(sub, WEIGHTS).lstrip("/"), manifest=manifest)
+
+
+def read_safetensors(prefix: str, name: str, *, manifest: dict | None = None) -> dict[str, torch.Tensor]:
+    """Tensors of committed file ``name`` under ``prefix``, after its sha256 matched the manifest."""
+    where = store.join(prefix, name)
+    try:
+        with store.verified_local_file(prefix, name, manifest) as path:
             return load_file(str(path))
-        except Exception as exc:  # safetensors raises its own error types for corrupt headers
-            raise CheckpointError(f"cannot read {weights}: {exc}") from None
+    except StoreError as exc:
+        raise CheckpointError(f"checkpoint {where}: {exc}") from None
+    except Exception as exc:  # safetensors raises its own error types for corrupt headers
+        raise CheckpointError(f"cannot read {where}: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
 
 
 def check_classes(meta: dict, dataset, *, where: str) -> None:

@@ -25,12 +25,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from activedet import store
 from activedet.errors import ActivedetError
-from activedet.models.checkpoint import Detector, load_weights, upload_checkpoint
+from activedet.models.checkpoint import (
+    CheckpointError,
+    Detector,
+    load_weights,
+    read_safetensors,
+    upload_checkpoint,
+)
 from activedet.progress import Progress
 from activedet.tracking import NullTracker
 
@@ -252,34 +258,50 @@ class ResumeCheckpointer:
         if not store.exists(uri):
             return None
         state = store.read_json(uri)
+        if not isinstance(state, dict) or not isinstance(state.get("folder"), str):
+            raise CheckpointError(f"malformed resume state {uri}")
         if state.get("fingerprint") != self.fingerprint:
             log.warning("ignoring resume state at %s: it was written by a run with other settings", self.root)
             return None
         return state
 
     def restore(self) -> tuple[int, dict[str, Tensor]]:
-        """Load the latest checkpoint into the detector; returns (iteration, optimizer tensors)."""
-        state = self.latest()
-        if state is None:
+        """Load the latest checkpoint into the detector; returns (iteration, optimizer tensors).
+
+        Resume state that cannot be read (corrupt, truncated, tampered with) is discarded with a
+        warning and training starts from scratch, rather than leaving the run stuck.
+        """
+        initial = {k: v.detach().clone() for k, v in self.detector.model.state_dict().items()}
+        try:
+            state = self.latest()
+            if state is None:
+                return 0, {}
+            folder = store.join(self.root, state["folder"])
+            load_weights(self.detector, folder)
+            optim = read_safetensors(folder, "optim.safetensors")
+            iteration = int(state["iteration"])
+        except (ActivedetError, KeyError, TypeError, ValueError) as exc:
+            log.warning("discarding unreadable resume state at %s (%s); training starts from scratch", self.root,
+                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            self.detector.model.load_state_dict(initial)  # a half-applied state must not leak into training
+            store.delete_prefix(self.root)
             return 0, {}
-        folder = store.join(self.root, state["folder"])
-        load_weights(self.detector, folder)
-        with tempfile.TemporaryDirectory() as tmp:
-            path = store.download(store.join(folder, "optim.safetensors"), Path(tmp) / "optim.safetensors")
-            optim = load_file(str(path))
-        log.info("resuming from %s at iteration %d", folder, state["iteration"])
-        return int(state["iteration"]), optim
+        log.info("resuming from %s at iteration %d", folder, iteration)
+        return iteration, optim
 
     def save(self, trainer: Trainer) -> str:
         it = trainer.iteration
         name = f"iter_{it:07d}"
         folder = store.join(self.root, name)
-        upload_checkpoint(self.detector, folder, iteration=it, losses=trainer.last_losses)
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "optim.safetensors"
             save_file(trainer.optimizer_state_tensors(), str(path))
-            store.upload(path, store.join(folder, "optim.safetensors"))
-        previous = self.latest()
+            upload_checkpoint(self.detector, folder, extra_files={"optim.safetensors": path},
+                              iteration=it, losses=trainer.last_losses)
+        try:
+            previous = self.latest()
+        except ActivedetError:
+            previous = None
         store.write_json(store.join(self.root, "latest.json"), {"iteration": it, "folder": name, "fingerprint": self.fingerprint})
         if previous and previous["folder"] != name:
             store.delete_prefix(store.join(self.root, previous["folder"]))
