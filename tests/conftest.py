@@ -23,6 +23,9 @@ def s3_server():
     """A real S3 HTTP endpoint on loopback (moto's server), shared by the session."""
     from moto.server import ThreadedMotoServer
 
+    import logging
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its request log is not the CLI's stderr
     port = _free_port()
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
     server.start()

@@ -34,5 +34,6 @@ def user_images(coco128, tmp_path) -> Path:
     root = tmp_path / "my-images"
     root.mkdir()
     for im in src:
+        (root / im["file_name"]).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(coco128 / "images" / im["file_name"], root / im["file_name"])
     return root
