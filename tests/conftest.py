@@ -21,9 +21,9 @@ def _free_port() -> int:
 @pytest.fixture(scope="session")
 def s3_server():
     """A real S3 HTTP endpoint on loopback (moto's server), shared by the session."""
-    from moto.server import ThreadedMotoServer
-
     import logging
+
+    from moto.server import ThreadedMotoServer
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)  # its request log is not the CLI's stderr
     port = _free_port()
