@@ -95,7 +95,7 @@ def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
             last = conf(c.train_student_ssl(**common).after(pseudo))
         ev = conf(c.evaluate(**common).after(last))
         promo = conf(o.promote(experiment=imp.output, run_root=b.output, state_root=state_root, eval_result=ev.output))
-        with dsl.ParallelFor(shards, name="score-shards") as shard:
+        with dsl.ParallelFor(shards, name="score-shards", parallelism=exp.kubernetes.parallelism or None) as shard:
             score = conf(c.score_unlabeled(shard=shard, **common).after(promo))
         merge = conf(c.merge_scores(shard_results=dsl.Collected(score.output), **common))
         select = conf(c.select_batch(finish_result=budget, **common).after(merge))

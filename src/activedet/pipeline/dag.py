@@ -14,7 +14,8 @@ KFP v2 has no recursion, so the cycles are unrolled at compile time::
 The last cycle stops after ``finish-cycle``; an earlier one stops when its gate says so (target
 AP reached, budget cap hit, pool empty). An exit handler (``finish-run``) writes the budget curve
 and closes the MLflow parent run whatever happened. Cluster settings (GPU node selector,
-tolerations, accelerators, requests, memory-backed /dev/shm, retries, S3 Secret) are applied only
+tolerations, accelerators, requests and limits, memory-backed /dev/shm, retries, timeouts, pull
+Secrets, non-root security context, S3 Secret) are applied only
 when ``platform=True``: kfp.local does not need them.
 """
 
@@ -47,7 +48,18 @@ def _configure(task: dsl.PipelineTask, exp: ExperimentConfig, platform: bool) ->
         k8s.use_secret_as_env(task, secret_name=kube.s3_secret, secret_key_to_env=dict(kube.s3_secret_keys))
     if kube.s3_endpoint_url:
         task.set_env_variable("AWS_ENDPOINT_URL", kube.s3_endpoint_url)
-    if is_gpu(name):
+        task.set_env_variable("MLFLOW_S3_ENDPOINT_URL", kube.s3_endpoint_url)
+    if kube.image_pull_secrets:
+        k8s.set_image_pull_secrets(task, list(kube.image_pull_secrets))
+    # restricted Pod Security: non-root (the images' user); the compiler adds no-escalation, drop ALL
+    k8s.set_security_context(task, run_as_user=kube.run_as_user, run_as_group=kube.run_as_user, run_as_non_root=True)
+    gpu = is_gpu(name)
+    cpu_limit, memory_limit = kube.limits(gpu)
+    task.set_cpu_limit(cpu_limit).set_memory_limit(memory_limit)  # quota'd namespaces require limits
+    timeout = kube.gpu_timeout_seconds if gpu else kube.cpu_timeout_seconds
+    if timeout:
+        k8s.set_timeout(task, timeout)
+    if gpu:
         task.set_cpu_request(kube.gpu_cpu_request).set_memory_request(kube.gpu_memory_request)
         if kube.accelerator_limit > 0:
             task.set_accelerator_type(kube.accelerator_type).set_accelerator_limit(kube.accelerator_limit)
@@ -101,7 +113,7 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                     return
                 gate = conf(c.cycle_gate(finish_result=fin.output))
                 with dsl.If(gate.output == True, name=f"continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
-                    with dsl.ParallelFor(shards, name=f"score-shards-cycle-{k}") as shard:
+                    with dsl.ParallelFor(shards, name=f"score-shards-cycle-{k}", parallelism=exp.kubernetes.parallelism or None) as shard:
                         score = conf(c.score_unlabeled(cycle_run_id=run_id, shard=shard, **common))
                     merge = conf(c.merge_scores(cycle_run_id=run_id, shard_results=dsl.Collected(score.output), **common))
                     select = conf(c.select_batch(cycle_run_id=run_id, finish_result=fin.output, **common).after(merge))

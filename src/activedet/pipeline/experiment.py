@@ -17,6 +17,7 @@ from pydantic import Field, model_validator
 
 from activedet.config import FrozenModel, load_config
 from activedet.data.synth import SynthConfig
+from activedet.pipeline import quantity
 
 _K8S_QUANTITY = re.compile(r"^[0-9]+(\.[0-9]+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 
@@ -41,9 +42,10 @@ class TrainingSpec(FrozenModel):
 
     preset: str = Field("tiny", description="detector preset: tiny, mobilenet_v3_fpn, resnet50_fpn")
     preset_options: dict[str, Any] = Field(default_factory=dict, description="preset keyword options, e.g. {min_size: 600}")
-    teacher_iterations: int = Field(1000, ge=1, description="teacher optimizer steps per cycle")
-    student_iterations: int = Field(1000, ge=1, description="student optimizer steps per cycle")
-    batch_size: int = Field(8, ge=2, description="images per mini-batch")
+    # An unset field (None) means the stage's own default: each default lives once, in the stage Config.
+    teacher_iterations: int | None = Field(None, ge=1, description="teacher optimizer steps per cycle (unset: the train-teacher default)")
+    student_iterations: int | None = Field(None, ge=1, description="student optimizer steps per cycle (unset: the train-student-ssl default)")
+    batch_size: int | None = Field(None, ge=2, description="images per mini-batch (unset: each stage's default)")
     lr: float | None = Field(
         None, gt=0.0, description="teacher SGD learning rate (unset: the train-teacher default, tuned for tiny; papers: 0.01 for R50-FPN)"
     )
@@ -52,8 +54,8 @@ class TrainingSpec(FrozenModel):
     warm_start: bool = Field(
         False, description="start each cycle's teacher from the previous cycle's model (Elezi retrains from scratch)"
     )
-    num_workers: int = Field(0, ge=0, description="data-loader worker processes")
-    checkpoint_every: int = Field(200, ge=1, description="iterations between resumable checkpoints")
+    num_workers: int | None = Field(None, ge=0, description="data-loader worker processes (unset: the stages' default)")
+    checkpoint_every: int | None = Field(None, ge=1, description="iterations between resumable checkpoints (unset: the stages' default)")
 
 
 class PseudoLabelSpec(FrozenModel):
@@ -61,7 +63,9 @@ class PseudoLabelSpec(FrozenModel):
 
     filter: str = Field("fixed", description="pseudo-label filter: fixed, per_class_topk, dynamic, act")
     params: dict[str, Any] = Field(default_factory=dict, description="filter parameters, e.g. {tau: 0.99}")
-    min_score: float = Field(0.05, ge=0.0, le=1.0, description="teacher detections below this score are not candidates")
+    min_score: float | None = Field(
+        None, ge=0.0, le=1.0, description="teacher detections below this score are not candidates (unset: the stage default)"
+    )
     max_pool_images: int | None = Field(None, ge=1, description="pseudo-label at most this many pool images")
 
 
@@ -69,8 +73,10 @@ class SSLSpec(FrozenModel):
     """Semi-supervised student (METHODS.md section 3)."""
 
     enabled: bool = Field(True, description="train a student on labeled + pseudo-labeled images; off = teacher only")
-    lambda_u: float = Field(1.0, ge=0.0, description="weight of the unsupervised loss")
-    labeled_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of each mini-batch that is labeled")
+    lambda_u: float | None = Field(None, ge=0.0, description="weight of the unsupervised loss (unset: the stage default)")
+    labeled_fraction: float | None = Field(
+        None, gt=0.0, lt=1.0, description="share of each mini-batch that is labeled (unset: the stage default)"
+    )
 
 
 class AcquisitionSpec(FrozenModel):
@@ -116,8 +122,20 @@ class KubernetesSpec(FrozenModel):
     gpu_memory_request: str = Field("16Gi", description="memory request of GPU stages")
     cpu_cpu_request: str = Field("1", description="CPU request of CPU stages")
     cpu_memory_request: str = Field("4Gi", description="memory request of CPU stages")
+    gpu_cpu_limit: str | None = Field(None, description="CPU limit of GPU stages (unset: 2x the request)")
+    gpu_memory_limit: str | None = Field(
+        None, description="memory limit of GPU stages (unset: request + shm_size; the memory-backed /dev/shm counts against it)"
+    )
+    cpu_cpu_limit: str | None = Field(None, description="CPU limit of CPU stages (unset: 2x the request)")
+    cpu_memory_limit: str | None = Field(None, description="memory limit of CPU stages (unset: the request)")
     shm_size: str = Field("8Gi", description="size of the memory-backed /dev/shm for data loaders")
-    retries: int = Field(2, ge=0, description="retries per task (preemption)")
+    retries: int = Field(2, ge=0, description="retries per task (failures; see docs/cluster.md for preemption)")
+    gpu_timeout_seconds: int = Field(86400, ge=0, description="time limit of one GPU-stage task (0 = none)")
+    cpu_timeout_seconds: int = Field(14400, ge=0, description="time limit of one CPU-stage task (0 = none)")
+    parallelism: int = Field(0, ge=0, description="score-unlabeled shards running at once (ParallelFor parallelism; 0 = all)")
+    image_pull_secrets: list[str] = Field(default_factory=list, description="docker-registry Secrets for the images")
+    service_account: str | None = Field(None, description="service account of the pipeline pods (unset: KFP's default)")
+    run_as_user: int = Field(10001, ge=1, description="non-root UID (and GID) of the task containers (the images' user)")
     s3_secret: str | None = Field(None, description="Kubernetes Secret with S3 credentials")
     s3_secret_keys: dict[str, str] = Field(
         default_factory=lambda: {"AWS_ACCESS_KEY_ID": "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY": "AWS_SECRET_ACCESS_KEY"},
@@ -128,10 +146,31 @@ class KubernetesSpec(FrozenModel):
 
     @model_validator(mode="after")
     def _quantities(self) -> KubernetesSpec:
-        for name in ("gpu_cpu_request", "gpu_memory_request", "cpu_cpu_request", "cpu_memory_request", "shm_size"):
-            if not _K8S_QUANTITY.match(getattr(self, name)):
-                raise ValueError(f"{name}: {getattr(self, name)!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+        for name in ("gpu_cpu_request", "gpu_memory_request", "cpu_cpu_request", "cpu_memory_request", "shm_size",
+                     "gpu_cpu_limit", "gpu_memory_limit", "cpu_cpu_limit", "cpu_memory_limit"):
+            value = getattr(self, name)
+            if value is not None and not _K8S_QUANTITY.match(value):
+                raise ValueError(f"{name}: {value!r} is not a Kubernetes quantity (e.g. 4, 500m, 16Gi)")
+        for kind in ("gpu", "cpu"):
+            (cpu, memory), requests = self.limits(kind == "gpu"), self.requests(kind == "gpu")
+            for what, limit, request in (("cpu", cpu, requests[0]), ("memory", memory, requests[1])):
+                if quantity.parse(limit) < quantity.parse(request):
+                    raise ValueError(f"{kind}_{what}_limit {limit} is below {kind}_{what}_request {request}")
+        if quantity.parse(self.limits(True)[1]) < quantity.parse(self.gpu_memory_request) + quantity.parse(self.shm_size):
+            raise ValueError(f"gpu_memory_limit {self.gpu_memory_limit} is below gpu_memory_request + shm_size "
+                             "(the memory-backed /dev/shm counts against the limit)")
         return self
+
+    def requests(self, gpu: bool) -> tuple[str, str]:
+        """(cpu, memory) requests of a GPU or CPU stage."""
+        return (self.gpu_cpu_request, self.gpu_memory_request) if gpu else (self.cpu_cpu_request, self.cpu_memory_request)
+
+    def limits(self, gpu: bool) -> tuple[str, str]:
+        """(cpu, memory) limits of a GPU or CPU stage, the unset ones derived from the requests."""
+        if gpu:
+            return (self.gpu_cpu_limit or quantity.scale_cpu(self.gpu_cpu_request, 2),
+                    self.gpu_memory_limit or quantity.add_memory(self.gpu_memory_request, self.shm_size))
+        return (self.cpu_cpu_limit or quantity.scale_cpu(self.cpu_cpu_request, 2), self.cpu_memory_limit or self.cpu_memory_request)
 
 
 class ExperimentConfig(FrozenModel):
