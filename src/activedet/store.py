@@ -83,7 +83,7 @@ _client_lock = threading.Lock()
 _clients: dict[int, object] = {}
 
 
-#: environment variables bounding every S3 call (documented in docs/cluster.md)
+#: environment variables bounding every S3 call (documented in docs/data.md, "S3 timeouts")
 S3_ENV_DEFAULTS = {
     "ACTIVEDET_S3_CONNECT_TIMEOUT": 5.0,  # seconds to open a connection
     "ACTIVEDET_S3_READ_TIMEOUT": 20.0,  # seconds without a byte from the endpoint
