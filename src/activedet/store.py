@@ -86,7 +86,7 @@ _clients: dict[int, object] = {}
 #: environment variables bounding every S3 call (documented in docs/data.md, "S3 timeouts")
 S3_ENV_DEFAULTS = {
     "ACTIVEDET_S3_CONNECT_TIMEOUT": 5.0,  # seconds to open a connection
-    "ACTIVEDET_S3_READ_TIMEOUT": 20.0,  # seconds without a byte from the endpoint
+    "ACTIVEDET_S3_READ_TIMEOUT": 15.0,  # seconds without a byte from the endpoint
     "ACTIVEDET_S3_MAX_ATTEMPTS": 3,  # attempts per call, first included
 }
 

@@ -435,3 +435,21 @@ def test_corrupt_resume_state_is_discarded_and_training_restarts(ds_copy, tmp_pa
     assert code == 0, err
     assert "discarding unreadable resume state" in err and "optim.safetensors" in err
     assert store.is_committed(str(out)) and not (out / "_resume").exists()
+
+
+def test_unreadable_image_on_rerun_keeps_the_previous_checkpoint(ds_copy, tmp_path):
+    """Issue 11 finding 2: one unreadable image used to wipe the last good checkpoint."""
+    out, ledger = tmp_path / "teacher", tmp_path / "ledger"
+    assert run_cli(_init(ds_copy, ledger))[0] == 0
+    train = ["stage", "train-teacher", "--dataset-uri", ds_copy, "--ledger-uri", ledger, "--output-uri", out,
+             "--iterations", "2", "--batch-size", "2", "--device", "cpu"]
+    code, _, err = run_cli(train)
+    assert code == 0, err
+    labeled = store.read_output_table(str(ledger), "ledger.parquet").to_pylist()
+    first = next(r["image_id"] for r in labeled if r["state"] == "labeled")
+    images = pq.read_table(ds_copy / "images.parquet").to_pylist()
+    uri = next(r["uri"] for r in images if r["image_id"] == first)
+    (ds_copy / uri).write_bytes(b"not an image any more")
+    _recommit(ds_copy, uri)
+    assert_bad_input(train + ["--seed", "1"], uri.rsplit("/", 1)[-1], out)
+    assert store.is_committed(str(out))
