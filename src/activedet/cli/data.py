@@ -4,7 +4,8 @@ Commands::
 
     activedet data synth --out URI [--sequences N --frames M --seed S --size HxW --ego-speed PX ...]
     activedet data import-coco ANNOTATIONS.json --images DIR_OR_URI --out URI [--split train]
-    activedet data import-yolo DATA.yaml --out URI [--id-offset 1]
+                               [--skip-missing-files --skip-bad-images --rescale-boxes]
+    activedet data import-yolo DATA.yaml --out URI [--id-offset 1 --skip-bad-images]
     activedet data export-coco DATASET_URI --out FILE.json [--split val]
 
 Each prints a JSON summary on stdout. Bad input exits with code 2 and one line on stderr, and
@@ -80,6 +81,9 @@ def _import_coco(args: argparse.Namespace) -> int:
             split=args.split,
             crowd=args.crowd,
             skip_missing_files=args.skip_missing_files,
+            skip_bad_images=args.skip_bad_images,
+            rescale_boxes=args.rescale_boxes,
+            workers=args.workers,
         )
     )
 
@@ -87,7 +91,8 @@ def _import_coco(args: argparse.Namespace) -> int:
 def _import_yolo(args: argparse.Namespace) -> int:
     from activedet.data.yolo import import_yolo
 
-    return _print(import_yolo(args.data_yaml, out_uri=args.out, id_offset=args.id_offset))
+    return _print(import_yolo(args.data_yaml, out_uri=args.out, id_offset=args.id_offset,
+                              skip_bad_images=args.skip_bad_images, workers=args.workers))
 
 
 def _export_coco(args: argparse.Namespace) -> int:
@@ -102,6 +107,29 @@ def _split_arg(value: str) -> str:
     if value not in SPLITS:
         raise argparse.ArgumentTypeError(f"invalid split {value!r}; choose from {', '.join(SPLITS)}")
     return value
+
+
+def _workers_arg(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        n = 0
+    if not 1 <= n <= 256:
+        raise argparse.ArgumentTypeError(f"expected a thread count from 1 to 256, got {value!r}")
+    return n
+
+
+def _add_image_check_flags(p) -> None:
+    from activedet.data.checks import DEFAULT_WORKERS
+
+    p.add_argument(
+        "--skip-bad-images",
+        action="store_true",
+        help="drop images whose file is empty, not an image, unreadable or truncated (and their boxes) "
+        "instead of failing; they are counted in the summary",
+    )
+    p.add_argument("--workers", type=_workers_arg, default=DEFAULT_WORKERS, metavar="N",
+                   help=f"threads reading image headers (default: {DEFAULT_WORKERS})")
 
 
 def _add_coco_yolo(sub) -> None:
@@ -126,6 +154,13 @@ def _add_coco_yolo(sub) -> None:
         action="store_true",
         help="drop images whose file does not exist instead of failing",
     )
+    _add_image_check_flags(p)
+    p.add_argument(
+        "--rescale-boxes",
+        action="store_true",
+        help="when an image file's size differs from the JSON's width/height (resized after labelling), "
+        "scale its boxes to the file's size instead of failing",
+    )
     p.set_defaults(func=_import_coco)
 
     p = sub.add_parser(
@@ -137,6 +172,7 @@ def _add_coco_yolo(sub) -> None:
     p.add_argument("data_yaml", metavar="DATA.yaml", help="YOLO data.yaml (local path)")
     p.add_argument("--out", required=True, help="output dataset URI")
     p.add_argument("--id-offset", type=int, default=1, help="category id = YOLO index + this (default: 1, COCO-like)")
+    _add_image_check_flags(p)
     p.set_defaults(func=_import_yolo)
 
     p = sub.add_parser(

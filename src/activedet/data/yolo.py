@@ -22,10 +22,18 @@ import numpy as np
 import yaml
 
 from activedet import schema
-from activedet.data.coco import DatasetImportError, categories_table, commit_dataset, image_size, images_table
+from activedet.data.checks import (
+    DEFAULT_WORKERS,
+    DatasetImportError,
+    first_offenders,
+    probe_images,
+    read_text,
+)
+from activedet.data.coco import categories_table, commit_dataset, images_table
 
 log = logging.getLogger(__name__)
 
+NORM_SLACK = 0.01  # normalised coordinates a little outside [0, 1] are clipped; far outside is a unit mistake
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 
 
@@ -33,7 +41,7 @@ def _read_yaml(path: Path) -> dict:
     if not path.is_file():
         raise DatasetImportError(f"YOLO data file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text())
+        data = yaml.safe_load(read_text(path))
     except yaml.YAMLError as exc:
         raise DatasetImportError(f"{path}: invalid YAML: {str(exc).splitlines()[0]}") from None
     if not isinstance(data, dict):
@@ -66,7 +74,7 @@ def _split_images(root: Path, entry, where: Path, split: str) -> list[Path]:
         if path.is_dir():
             out += sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
         elif path.is_file() and path.suffix == ".txt":
-            for line in path.read_text().splitlines():
+            for line in read_text(path).splitlines():
                 line = line.strip()
                 if line:
                     p = Path(line)
@@ -93,7 +101,7 @@ def label_path(image: Path) -> Path:
 def _parse_labels(path: Path, n_classes: int) -> list[tuple[int, float, float, float, float]]:
     """(class index, x1, y1, x2, y2) in normalised coordinates."""
     rows = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
         fields = line.split()
         if not fields:
             continue
@@ -104,21 +112,30 @@ def _parse_labels(path: Path, n_classes: int) -> list[tuple[int, float, float, f
             raise DatasetImportError(f"{path}:{lineno}: expected 'class cx cy w h', got {line.strip()!r}") from None
         if not 0 <= cls < n_classes:
             raise DatasetImportError(f"{path}:{lineno}: class index {cls} not in names (0..{n_classes - 1})")
+        if not all(math.isfinite(v) for v in values):
+            raise DatasetImportError(f"{path}:{lineno}: non-finite coordinate in {line.strip()!r}")
+        if any(not -NORM_SLACK <= v <= 1 + NORM_SLACK for v in values):
+            raise DatasetImportError(f"{path}:{lineno}: coordinates must be normalised to [0, 1] (pixels?), got {line.strip()!r}")
         if len(values) == 4:
             cx, cy, w, h = values
+            if w < 0 or h < 0:
+                raise DatasetImportError(f"{path}:{lineno}: negative box width or height in {line.strip()!r}")
             rows.append((cls, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
         elif len(values) >= 6 and len(values) % 2 == 0:  # polygon: box its extent
             xs, ys = values[0::2], values[1::2]
             rows.append((cls, min(xs), min(ys), max(xs), max(ys)))
         else:
             raise DatasetImportError(f"{path}:{lineno}: expected 4 box values or a polygon, got {len(values)} values")
-        if not all(math.isfinite(v) for v in rows[-1][1:]):
-            raise DatasetImportError(f"{path}:{lineno}: non-finite coordinate in {line.strip()!r}")
     return rows
 
 
-def import_yolo(data_yaml: str, *, out_uri: str, id_offset: int = 1) -> dict:
-    """Import a YOLO dataset described by ``data_yaml``; returns a summary with counts."""
+def import_yolo(data_yaml: str, *, out_uri: str, id_offset: int = 1, skip_bad_images: bool = False,
+                workers: int = DEFAULT_WORKERS) -> dict:
+    """Import a YOLO dataset described by ``data_yaml``; returns a summary with counts.
+
+    Every image header is read (``workers`` threads): unusable files (0-byte, not an image,
+    unreadable, truncated) are an error, or with ``skip_bad_images`` dropped and counted.
+    """
     where = Path(data_yaml)
     data = _read_yaml(where)
     names = _names(data, where)
@@ -140,11 +157,25 @@ def import_yolo(data_yaml: str, *, out_uri: str, id_offset: int = 1) -> dict:
         rel = p.relative_to(root) if p.is_relative_to(root) else p
         return rel.with_suffix("").as_posix().lstrip("/")
 
+    if not files:
+        raise DatasetImportError(f"{where}: no images in the 'train'/'val'/'test' entries")
+    probes = probe_images(str(root), [str(p) for p, _ in files], workers=workers)
+    bad = [(str(p), pr.problem) for (p, _), pr in zip(files, probes, strict=True) if pr.problem]
+    if bad and not skip_bad_images:
+        raise DatasetImportError(f"{len(bad)} of {len(files)} image file(s) of {where} cannot be used: first "
+                                 f"{first_offenders(bad)} (use --skip-bad-images to drop them)")
+    if bad:
+        log.warning("skipped %d unusable image file(s): %s", len(bad), first_offenders(bad))
+    if len(bad) == len(files):
+        raise DatasetImportError(f"{where}: no images left to import after skipping {len(bad)} unusable file(s)")
+
     counts: Counter = Counter()
     ids, uris, widths, heights, split_col = [], [], [], [], []
     box_ids, xyxy, cats = [], [], []
-    for path, split in files:
-        w, h = image_size(str(path))
+    for (path, split), probe in zip(files, probes, strict=True):
+        if probe.problem:
+            continue
+        w, h = probe.size
         iid = image_id(path)
         ids.append(iid)
         uris.append(str(path))
@@ -173,6 +204,7 @@ def import_yolo(data_yaml: str, *, out_uri: str, id_offset: int = 1) -> dict:
         "images_per_split": dict(Counter(split_col)),
         "zero_area_dropped": counts["zero_area_dropped"],
         "images_without_label_file": counts["images_without_label_file"],
+        "bad_images_skipped": len(bad),
     }
     categories = categories_table([k + id_offset for k in range(len(names))], names)
     return commit_dataset(out_uri, images_t, boxes, categories, meta)
