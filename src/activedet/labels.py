@@ -31,6 +31,7 @@ import pyarrow as pa
 
 from activedet import schema, store
 from activedet.al import ledger as ledger_mod
+from activedet.data.checks import as_bbox, as_flag, read_json
 from activedet.data.dataset import load_dataset
 from activedet.errors import ActivedetError
 
@@ -101,15 +102,33 @@ def export_batch(dataset_uri: str, selection_uri: str, output_uri: str) -> Expor
 
 def _load_coco(coco_uri: str) -> dict:
     try:
-        coco = json.loads(store.read_bytes(coco_uri))
-    except json.JSONDecodeError as exc:
-        raise LabelImportError(f"labels import: {coco_uri} is not valid JSON ({exc})") from None
+        coco = read_json(coco_uri, error=LabelImportError)
+    except LabelImportError as exc:
+        raise LabelImportError(f"labels import: {exc}") from None
     if not isinstance(coco, dict) or not isinstance(coco.get("images"), list):
         raise LabelImportError(f"labels import: {coco_uri}: not COCO JSON (no 'images' list)")
     for key in ("annotations", "categories"):
         if not isinstance(coco.get(key, []), list):
             raise LabelImportError(f"labels import: {coco_uri}: '{key}' must be a list")
+    for key in ("images", "annotations", "categories"):
+        for k, entry in enumerate(coco.get(key, [])):
+            if not isinstance(entry, dict):
+                raise LabelImportError(f"labels import: {coco_uri}: {key}[{k}] must be an object, got {entry!r:.60}")
     return coco
+
+
+def _id(value, where: str):
+    """A COCO id: an integer or a non-empty string (never a bool, list or object)."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)) or value == "":
+        raise LabelImportError(f"labels import: {where} must be an integer or a string, got {value!r}")
+    return value
+
+
+def _optional_str(entry: dict, key: str, where: str) -> str | None:
+    value = entry.get(key)
+    if value is not None and not isinstance(value, str):
+        raise LabelImportError(f"labels import: {where}: '{key}' must be a string, got {value!r}")
+    return value
 
 
 def _map_images(coco: dict, dataset, selected: list[str], where: str) -> dict[int, str]:
@@ -122,21 +141,22 @@ def _map_images(coco: dict, dataset, selected: list[str], where: str) -> dict[in
     chosen = set(selected)
     out: dict[int, str] = {}
     unknown: list[str] = []
-    for im in coco["images"]:
-        if not isinstance(im, dict) or "id" not in im:
-            raise LabelImportError(f"labels import: {where}: an image entry has no 'id'")
-        iid = im.get("activedet_image_id")
+    for k, im in enumerate(coco["images"]):
+        if "id" not in im:
+            raise LabelImportError(f"labels import: {where}: images[{k}] has no 'id'")
+        coco_id = _id(im["id"], f"{where}: images[{k}] 'id'")
+        iid = _optional_str(im, "activedet_image_id", f"{where}: image {coco_id!r}")
         if iid is None:
-            name = str(im.get("file_name", ""))
+            name = _optional_str(im, "file_name", f"{where}: image {coco_id!r}") or ""
             iid = by_name.get(name)
             if iid is None and len(by_base.get(posixpath.basename(name), [])) == 1:
                 iid = by_base[posixpath.basename(name)][0]
         if iid is None or iid not in chosen:
             unknown.append(str(im.get("activedet_image_id") or im.get("file_name")))
             continue
-        if im["id"] in out:
-            raise LabelImportError(f"labels import: {where}: duplicate COCO image id {im['id']!r}")
-        out[im["id"]] = iid
+        if coco_id in out:
+            raise LabelImportError(f"labels import: {where}: duplicate COCO image id {coco_id!r}")
+        out[coco_id] = iid
     if unknown:
         raise LabelImportError(f"labels import: {where}: {len(unknown)} image(s) not in the selection, e.g. {unknown[0]!r}")
     dup = len(out) - len(set(out.values()))
@@ -150,12 +170,15 @@ def _map_categories(coco: dict, dataset, where: str) -> dict[int, int]:
     names = dict(zip(dataset.class_names, dataset.category_ids, strict=True))
     ids = set(dataset.category_ids)
     out: dict[int, int] = {}
-    for cat in coco.get("categories", []):
-        name = cat.get("name")
+    for k, cat in enumerate(coco.get("categories", [])):
+        if "id" not in cat:
+            raise LabelImportError(f"labels import: {where}: categories[{k}] ({cat.get('name')!r}) has no 'id'")
+        cat_id = _id(cat["id"], f"{where}: categories[{k}] 'id'")
+        name = _optional_str(cat, "name", f"{where}: category {cat_id!r}")
         if name is not None and name in names:
-            out[cat["id"]] = names[name]
-        elif name is None and cat.get("id") in ids:
-            out[cat["id"]] = cat["id"]
+            out[cat_id] = names[name]
+        elif name is None and cat_id in ids:
+            out[cat_id] = cat_id
         else:
             raise LabelImportError(f"labels import: {where}: unknown category {name or cat.get('id')!r}; known: {sorted(names)}")
     return out
@@ -172,19 +195,19 @@ def read_coco_boxes(coco_uri: str, dataset_uri: str, selection_uri: str, *, allo
         raise LabelImportError(f"labels import: {coco_uri}: {len(missing)} selected image(s) missing, e.g. {missing[0]!r}")
     cat_map = _map_categories(coco, dataset, coco_uri)
     image_ids, xyxy, cats, crowd = [], [], [], []
-    for ann in coco.get("annotations", []):
-        if ann.get("image_id") not in img_map:
-            raise LabelImportError(f"labels import: {coco_uri}: annotation {ann.get('id')!r} refers to unknown image {ann.get('image_id')!r}")
-        if ann.get("category_id") not in cat_map:
-            raise LabelImportError(f"labels import: {coco_uri}: annotation {ann.get('id')!r} has unknown category {ann.get('category_id')!r}")
-        bbox = ann.get("bbox")
-        if not isinstance(bbox, list) or len(bbox) != 4:
-            raise LabelImportError(f"labels import: {coco_uri}: annotation {ann.get('id')!r} has no [x, y, w, h] bbox")
-        x, y, w, h = (float(v) for v in bbox)
-        image_ids.append(img_map[ann["image_id"]])
+    for k, ann in enumerate(coco.get("annotations", [])):
+        at = f"{coco_uri}: annotation {ann.get('id', f'#{k}')!r}"
+        image_id = _id(ann.get("image_id"), f"{at}: image_id")
+        if image_id not in img_map:
+            raise LabelImportError(f"labels import: {at} refers to unknown image {image_id!r}")
+        category_id = _id(ann.get("category_id"), f"{at}: category_id")
+        if category_id not in cat_map:
+            raise LabelImportError(f"labels import: {at} has unknown category {category_id!r}")
+        x, y, w, h = as_bbox(ann.get("bbox"), f"labels import: {at}", error=LabelImportError)
+        image_ids.append(img_map[image_id])
         xyxy.append((x, y, x + w, y + h))
-        cats.append(cat_map[ann["category_id"]])
-        crowd.append(bool(ann.get("iscrowd", 0)))
+        cats.append(cat_map[category_id])
+        crowd.append(as_flag(ann.get("iscrowd"), f"labels import: {at}: iscrowd", error=LabelImportError))
     boxes = schema.boxes_from_arrays(image_ids, np.asarray(xyxy, np.float32).reshape(-1, 4), cats, source="gt",
                                      extra={"iscrowd": crowd})
     try:

@@ -88,7 +88,8 @@ def test_import_round_trip_and_twice_without_duplicates(batch, tmp_path):
         (lambda c: c["categories"].append({"id": 77, "name": "tram"}), "unknown category 'tram'"),
         (lambda c: c["annotations"].append({"id": 7, "image_id": c["images"][0]["id"], "category_id": 5, "bbox": [1, 1, 2, 2]}), "unknown category 5"),
         (lambda c: c["annotations"].append({"id": 8, "image_id": 12345, "category_id": c["categories"][0]["id"], "bbox": [1, 1, 2, 2]}), "unknown image"),
-        (lambda c: c["annotations"].append({"id": 9, "image_id": c["images"][0]["id"], "category_id": c["categories"][0]["id"], "bbox": [1, 1, -2, 2]}), "x2 <= x1"),
+        (lambda c: c["annotations"].append({"id": 9, "image_id": c["images"][0]["id"], "category_id": c["categories"][0]["id"], "bbox": [1, 1, -2, 2]}), "negative width or height"),
+        (lambda c: c["annotations"].append({"id": 10, "image_id": c["images"][0]["id"], "category_id": c["categories"][0]["id"], "bbox": [1, 1, 0, 2]}), "x2 <= x1"),
     ],
 )
 def test_bad_imports_fail_clearly(batch, tmp_path, breakage, message):
