@@ -19,7 +19,7 @@ class FakeKfp:
 
     def __init__(self, pages=None):
         self.calls: list[tuple[str, dict]] = []
-        self.pages = pages or []
+        self.pages = pages or [SimpleNamespace(recurring_runs=[], next_page_token="")]
 
     def create_experiment(self, name, description=None, namespace=None):
         self.calls.append(("create_experiment", {"name": name}))
@@ -30,12 +30,18 @@ class FakeKfp:
         return SimpleNamespace(recurring_run_id="rr-1")
 
     def list_recurring_runs(self, page_token="", page_size=10, sort_by="", experiment_id=None, namespace=None, filter=None):
-        self.calls.append(("list_recurring_runs", {"page_token": page_token}))
+        self.calls.append(("list_recurring_runs", {"page_token": page_token, "experiment_id": experiment_id, "namespace": namespace}))
         return self.pages[int(page_token or 0)]
 
     def delete_recurring_run(self, recurring_run_id):
         self.calls.append(("delete_recurring_run", {"recurring_run_id": recurring_run_id}))
         return {}
+
+
+def _rr(i, name=None):
+    return SimpleNamespace(recurring_run_id=f"rr-{i}", display_name=name or f"job-{i}", status="ENABLED",
+                           trigger=SimpleNamespace(cron_schedule=SimpleNamespace(cron="0 0 2 * * *")),
+                           max_concurrency=1, no_catchup=True)
 
 
 @pytest.fixture
@@ -82,11 +88,7 @@ def test_create_schedule_client_calls(package):
 
 
 def test_list_follows_pages_and_delete():
-    def rr(i):
-        return SimpleNamespace(recurring_run_id=f"rr-{i}", display_name=f"job-{i}", status="ENABLED",
-                               trigger=SimpleNamespace(cron_schedule=SimpleNamespace(cron="0 0 2 * * *")),
-                               max_concurrency=1, no_catchup=True)
-
+    rr = _rr
     client = FakeKfp(pages=[SimpleNamespace(recurring_runs=[rr(0), rr(1)], next_page_token="1"),
                             SimpleNamespace(recurring_runs=[rr(2)], next_page_token="")])
     listed = ops.list_schedules(client)
@@ -97,7 +99,7 @@ def test_list_follows_pages_and_delete():
 
 def test_cli_create_compiles_and_schedules(tmp_path, package, capsys):
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("name: nightly-exp\ndataset: {uri: /data/ds}\ninitial_size: 2\nbudget: 2\ncycles: 1\n")
+    cfg.write_text("name: nightly-exp\ndataset: {uri: s3://b/ds}\ninitial_size: 2\nbudget: 2\ncycles: 1\n")
     seen = {}
 
     def compiler(config_path, out_dir):
@@ -106,7 +108,7 @@ def test_cli_create_compiles_and_schedules(tmp_path, package, capsys):
 
     client = FakeKfp()
     args = argparse.Namespace(config=str(cfg), cron="0 2 * * *", host="http://kfp", name=None, experiment=None,
-                              max_concurrency=1, catchup=False)
+                              max_concurrency=1, catchup=False, namespace=None)
     assert cli.create(args, client=client, compiler=compiler) == 0
     kw = client.calls[-1][1]
     assert kw["job_name"] == "nightly-exp-continuous" and kw["cron_expression"] == "0 0 2 * * *"
@@ -118,7 +120,7 @@ def test_cli_bad_cron_exit_2_without_contacting_server(tmp_path, capsys):
     from activedet.cli.main import main
 
     cfg = tmp_path / "exp.yaml"
-    cfg.write_text("dataset: {uri: /data/ds}\ninitial_size: 2\nbudget: 2\ncycles: 1\n")
+    cfg.write_text("dataset: {uri: s3://b/ds}\ninitial_size: 2\nbudget: 2\ncycles: 1\n")
     assert main(["schedule", str(cfg), "--cron", "0 2 * *", "--host", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "4 fields" in err[0]
@@ -130,3 +132,35 @@ def test_unreachable_host_is_one_line_exit_2(capsys):
     assert main(["schedule", "list", "--host", "http://127.0.0.1:9"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "cannot reach Kubeflow Pipelines at http://127.0.0.1:9" in err[0]
+
+
+def test_schedule_replaces_recurring_runs_of_the_same_name(package):
+    """A chart upgrade re-runs the schedule Job: afterwards one recurring run has the name (issue 19)."""
+    client = FakeKfp(pages=[SimpleNamespace(recurring_runs=[_rr(7, "nightly"), _rr(8, "other"), _rr(9, "nightly")],
+                                            next_page_token="")])
+    req = ops.build_request(name="nightly", cron="0 2 * * *", package_path=package, params={}, experiment="activedet",
+                            namespace="kubeflow-user-a", service_account="pipeline-runner")
+    new_id, replaced = ops.replace_schedule(client, req)
+    assert new_id == "rr-1" and replaced == ["rr-7", "rr-9"]
+    names = [c[0] for c in client.calls]
+    assert names.index("create_recurring_run") < names.index("delete_recurring_run")  # new one first
+    assert [c[1]["recurring_run_id"] for c in client.calls if c[0] == "delete_recurring_run"] == ["rr-7", "rr-9"]
+    listed = next(kw for name, kw in client.calls if name == "list_recurring_runs")
+    assert listed["experiment_id"] == "exp-activedet" and listed["namespace"] == "kubeflow-user-a"
+    created = next(kw for name, kw in client.calls if name == "create_recurring_run")
+    assert created["service_account"] == "pipeline-runner"
+
+
+def test_delete_by_name_is_what_uninstall_runs(capsys):
+    client = FakeKfp(pages=[SimpleNamespace(recurring_runs=[_rr(1, "nightly"), _rr(2, "keep")], next_page_token="")])
+    args = argparse.Namespace(host="http://kfp", namespace="team", recurring_run_id=None, name="nightly")
+    assert cli.delete(args, client=client) == 0
+    assert client.calls[-1] == ("delete_recurring_run", {"recurring_run_id": "rr-1"})
+    assert '"deleted": ["rr-1"]' in capsys.readouterr().out
+
+
+def test_delete_needs_id_or_name(capsys):
+    from activedet.cli.main import main
+
+    assert main(["schedule", "delete", "--host", "http://127.0.0.1:9"]) == 2
+    assert "--name NAME" in capsys.readouterr().err

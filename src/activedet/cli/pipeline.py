@@ -1,6 +1,7 @@
-"""Pipeline commands: ``activedet run``, ``compile``, ``submit`` and ``demo``.
+"""Pipeline commands: ``activedet validate``, ``run``, ``compile``, ``submit`` and ``demo``.
 
-One experiment YAML drives all four (see ``configs/``): ``run`` executes the KFP pipeline locally
+One experiment YAML drives them all (see ``configs/``): ``validate`` checks it and shows the
+config of every stage (the others validate first, the same way), ``run`` executes the KFP pipeline locally
 through kfp.local, ``compile`` writes the pipeline YAML for Kubeflow Pipelines, ``submit`` sends it
 to a KFP API server, ``demo`` runs ``configs/demo.yaml`` on a freshly generated SynthDrive set.
 """
@@ -12,15 +13,39 @@ import sys
 import time
 from pathlib import Path
 
-from activedet.errors import ActivedetError, ConfigError
+from activedet.errors import ConfigError
 
 DEMO_CONFIG = "configs/demo.yaml"
 
 
-def _load(path: str):
+def _load(path: str, **overrides):
+    """The experiment, validated as ``activedet validate`` does (every stage config of every cycle)."""
     from activedet.pipeline.experiment import load_experiment
 
-    return load_experiment(path)
+    return load_experiment(path, **overrides)
+
+
+def _validate(args: argparse.Namespace) -> int:
+    """Check CONFIG as compile/submit/run/schedule do, and print each stage's resolved config."""
+    import json
+
+    from activedet.pipeline import plan
+    from activedet.pipeline.dag import default_run_root
+
+    exp = _load(args.config)
+    resolved = plan.resolve(exp, default_run_root(exp))
+    if args.json:
+        sys.stdout.write(json.dumps({"experiment": exp.model_dump(mode="json"), "stages": resolved}, indent=2) + "\n")
+        return 0
+    sys.stdout.write(f"{args.config}: valid ({exp.cycles} cycle(s), I={exp.initial_size}, B={exp.budget})\n")
+    for group, configs in resolved.items():
+        if group == "init":
+            configs = {"init": configs}
+        sys.stdout.write(f"{group}:\n")
+        for stage, config in configs.items():
+            shown = ", ".join(f"{k}={v}" for k, v in config.items() if not k.endswith("_uri") and k != "shard_uris")
+            sys.stdout.write(f"  {stage}: {shown}\n")
+    return 0
 
 
 def _print_summary(outcome) -> None:
@@ -44,9 +69,7 @@ def _print_summary(outcome) -> None:
 def _run(args: argparse.Namespace) -> int:
     from activedet.pipeline.local import run_local
 
-    exp = _load(args.config)
-    if args.cycles:
-        exp = exp.model_copy(update={"cycles": args.cycles})
+    exp = _load(args.config, cycles=args.cycles or None)
     outcome = run_local(exp, args.run_dir, verbose=args.verbose)
     _print_summary(outcome)
     return 0
@@ -62,7 +85,7 @@ def _compile(args: argparse.Namespace) -> int:
     from activedet.pipeline.dag import compile_pipeline
 
     exp = _load(args.config)
-    path = compile_pipeline(exp, args.output)
+    path = compile_pipeline(exp, args.output, platform=not args.local)
     size = Path(path).stat().st_size
     sys.stdout.write(f"wrote {path} ({size / 1024:.0f} KiB, {exp.cycles} cycles)\n")
     return 0
@@ -71,9 +94,8 @@ def _compile(args: argparse.Namespace) -> int:
 def _submit(args: argparse.Namespace) -> int:
     import tempfile
 
-    import kfp
-
     from activedet import store
+    from activedet.ops import kfp_api
     from activedet.pipeline.dag import compile_pipeline
 
     exp = _load(args.config)
@@ -81,19 +103,19 @@ def _submit(args: argparse.Namespace) -> int:
         raise ConfigError(f"{args.config}: store_root is required to submit (an s3:// prefix the cluster can reach)")
     run_name = args.run_name or f"{exp.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     run_root = store.join(exp.store_root, run_name)
+    client = kfp_api.connect(args.host, namespace=args.namespace)  # quick probe before compiling
     with tempfile.TemporaryDirectory() as tmp:
         path = compile_pipeline(exp, str(Path(tmp) / "pipeline.yaml"))
-        try:
-            client = kfp.Client(host=args.host, namespace=args.namespace)
-            run = client.create_run_from_pipeline_package(
-                path,
-                arguments={"experiment": exp.to_json(), "run_root": run_root},
-                run_name=run_name,
-                experiment_name=args.experiment or exp.mlflow.experiment,
-            )
-        except Exception as exc:  # connection and API errors: one line for the user
-            raise ActivedetError(f"submit to {args.host} failed: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
-    sys.stdout.write(f"submitted run {run.run_id} ({run_name}); outputs under {run_root}\n")
+        run = client.create_run_from_pipeline_package(
+            path,
+            arguments={"experiment": exp.to_json(), "run_root": run_root},
+            run_name=run_name,
+            experiment_name=args.experiment or exp.mlflow.experiment,
+            namespace=args.namespace,
+            service_account=exp.kubernetes.service_account,
+        )
+    run_id = kfp_api.require(getattr(run, "run_id", None), args.host, "create run")
+    sys.stdout.write(f"submitted run {run_id} ({run_name}); outputs under {run_root}\n")
     return 0
 
 
@@ -106,9 +128,16 @@ def register(sub) -> None:
     p.add_argument("-v", "--verbose", action="store_true", help="show kfp.local's full task logs (always in <run dir>/pipeline.log)")
     p.set_defaults(func=_run)
 
+    p = sub.add_parser("validate", help="check an experiment config (every stage of every cycle) and show the stage configs")
+    p.add_argument("config", help="experiment YAML")
+    p.add_argument("--json", action="store_true", help="print the experiment and the resolved stage configs as JSON")
+    p.set_defaults(func=_validate)
+
     p = sub.add_parser("compile", help="compile the pipeline to KFP YAML for a cluster")
     p.add_argument("config", help="experiment YAML")
     p.add_argument("-o", "--output", default="pipeline.yaml", help="output YAML (default pipeline.yaml)")
+    p.add_argument("--local", action="store_true",
+                   help="no cluster settings (node selector, GPUs, secrets) and any store: for kfp.local or inspection")
     p.set_defaults(func=_compile)
 
     p = sub.add_parser("submit", help="compile and submit the pipeline to a Kubeflow Pipelines server")

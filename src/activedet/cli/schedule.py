@@ -2,8 +2,11 @@
 
 ``activedet schedule CONFIG --cron "0 2 * * *" --host URL`` compiles the continuous-mode pipeline
 for the experiment CONFIG and creates a recurring run (``max_concurrency=1``, no catch-up by
-default). Five-field cron expressions are converted to KFP's six fields (seconds first).
-``activedet schedule list --host URL`` and ``activedet schedule delete ID --host URL`` manage them.
+default). Five-field cron expressions are converted to KFP's six fields (seconds first). A
+recurring run of the same name in the KFP experiment is replaced, so re-running (or a chart
+upgrade) never adds a second schedule. ``activedet schedule list --host URL`` and
+``activedet schedule delete ID|--name NAME --host URL`` manage them. Every KFP failure is one
+line naming the host, the HTTP status and what to check (exit code 2).
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ def create(args: argparse.Namespace, *, client=None, compiler=default_compiler) 
 
     exp = load_experiment(args.config)  # validate first: bad input must not reach the compiler or server
     to_kfp_cron(args.cron)
+    client = client or ops.kfp_client(args.host, args.namespace)  # a quick probe before compiling
     with tempfile.TemporaryDirectory(prefix="activedet-schedule-") as tmp:
         package, params = compiler(args.config, Path(tmp))
         request = ops.build_request(
@@ -42,22 +46,30 @@ def create(args: argparse.Namespace, *, client=None, compiler=default_compiler) 
             experiment=args.experiment,
             max_concurrency=args.max_concurrency,
             catchup=args.catchup,
+            namespace=args.namespace,
+            service_account=exp.kubernetes.service_account,
         )
-        client = client or ops.kfp_client(args.host)
-        run_id = ops.create_schedule(client, request)
-    sys.stdout.write(json.dumps({"recurring_run_id": run_id, "name": request.job_name, "cron": request.cron_expression}) + "\n")
+        run_id, replaced = ops.replace_schedule(client, request)
+    sys.stdout.write(json.dumps({"recurring_run_id": run_id, "name": request.job_name, "cron": request.cron_expression,
+                                 "replaced": replaced}) + "\n")
     return 0
 
 
 def list_(args: argparse.Namespace, *, client=None) -> int:
-    client = client or ops.kfp_client(args.host)
-    sys.stdout.write(json.dumps(ops.list_schedules(client), indent=2, default=str) + "\n")
+    client = client or ops.kfp_client(args.host, args.namespace)
+    sys.stdout.write(json.dumps(ops.list_schedules(client, namespace=args.namespace), indent=2, default=str) + "\n")
     return 0
 
 
 def delete(args: argparse.Namespace, *, client=None) -> int:
-    client = client or ops.kfp_client(args.host)
-    ops.delete_schedule(client, args.recurring_run_id)
+    """``delete ID`` deletes one recurring run; ``delete --name NAME`` all of that name (the chart's uninstall)."""
+    client = client or ops.kfp_client(args.host, args.namespace)
+    if args.recurring_run_id:
+        ops.delete_schedule(client, args.recurring_run_id)
+        deleted = [args.recurring_run_id]
+    else:
+        deleted = ops.delete_by_name(client, args.name, namespace=args.namespace)
+    sys.stdout.write(json.dumps({"deleted": deleted}) + "\n")
     return 0
 
 
@@ -65,9 +77,9 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.config == "list":
         return list_(args)
     if args.config == "delete":
-        if not args.rest:
-            raise ConfigError("activedet schedule delete: the recurring run ID is required")
-        args.recurring_run_id = args.rest[0]
+        if not args.rest and not args.name:
+            raise ConfigError("activedet schedule delete: give the recurring run ID or --name NAME")
+        args.recurring_run_id = args.rest[0] if args.rest else None
         return delete(args)
     return create(args)
 
@@ -78,9 +90,10 @@ def register(sub) -> None:
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("config", metavar="CONFIG|list|delete", help="experiment config YAML to schedule, or 'list' / 'delete ID'")
     p.add_argument("rest", nargs="*", metavar="ID", help="recurring run id (for delete)")
-    p.add_argument("--host", required=True, help="KFP API endpoint, e.g. http://ml-pipeline-ui.kubeflow:80")
+    p.add_argument("--host", required=True, help="KFP API server, e.g. http://ml-pipeline.kubeflow.svc.cluster.local:8888")
+    p.add_argument("--namespace", help="Kubernetes namespace of the runs (multi-user Kubeflow: your profile namespace)")
     p.add_argument("--cron", default="0 2 * * *", help="cron expression, 5 fields (converted) or 6 (KFP, seconds first); default: %(default)s")
-    p.add_argument("--name", help="recurring run name (default: <experiment name>-continuous)")
+    p.add_argument("--name", help="recurring run name (default: <experiment name>-continuous); with delete: delete all of that name")
     p.add_argument("--experiment", help="KFP experiment (default: the recurring run name)")
     p.add_argument("--max-concurrency", type=int, default=1, help="concurrent runs allowed (default: %(default)s)")
     p.add_argument("--catchup", action="store_true", help="run missed intervals after a pause (default: no catch-up)")

@@ -35,6 +35,8 @@ class ScheduleRequest:
     no_catchup: bool = True
     enabled: bool = True
     description: str = ""
+    namespace: str | None = None  # multi-user Kubeflow: the profile namespace
+    service_account: str | None = None  # of the pipeline pods (KFP's default when None)
 
 
 def build_request(
@@ -46,6 +48,8 @@ def build_request(
     experiment: str | None = None,
     max_concurrency: int = 1,
     catchup: bool = False,
+    namespace: str | None = None,
+    service_account: str | None = None,
 ) -> ScheduleRequest:
     """Validate the schedule settings and convert the cron expression to KFP's six fields."""
     if not _NAME.match(name):
@@ -64,6 +68,8 @@ def build_request(
         max_concurrency=max_concurrency,
         no_catchup=not catchup,
         description=f"activedet continuous retraining ({cron.strip()} -> KFP '{kfp_cron}')",
+        namespace=namespace or None,
+        service_account=service_account or None,
     )
 
 
@@ -73,7 +79,7 @@ def _experiment_id(exp) -> str:
 
 def create_schedule(client, request: ScheduleRequest) -> str:
     """Create the KFP experiment (if needed) and the recurring run; returns the recurring run id."""
-    exp = client.create_experiment(name=request.experiment_name)
+    exp = client.create_experiment(name=request.experiment_name, namespace=request.namespace)
     run = client.create_recurring_run(
         experiment_id=_experiment_id(exp),
         job_name=request.job_name,
@@ -84,17 +90,46 @@ def create_schedule(client, request: ScheduleRequest) -> str:
         params=request.params,
         pipeline_package_path=request.pipeline_package_path,
         enabled=request.enabled,
+        service_account=request.service_account,
     )
-    run_id = getattr(run, "recurring_run_id", None) or getattr(run, "id", None) or str(run)
+    run_id = getattr(run, "recurring_run_id", None) or getattr(run, "id", None)
+    if not run_id:
+        raise ActivedetError(f"KFP created recurring run {request.job_name!r} but answered without its id")
     log.info("created recurring run %s (%s, cron %s)", run_id, request.job_name, request.cron_expression)
     return run_id
 
 
-def list_schedules(client, *, experiment_id: str | None = None, page_size: int = 100) -> list[dict[str, Any]]:
+def replace_schedule(client, request: ScheduleRequest) -> tuple[str, list[str]]:
+    """Create the recurring run, then delete the older ones of the same name in its experiment.
+
+    Idempotent for a chart upgrade or a re-run: afterwards exactly one recurring run has the name.
+    The new one is created first, so a failed creation leaves the old schedule in place.
+    Returns (new id, replaced ids).
+    """
+    exp_id = _experiment_id(client.create_experiment(name=request.experiment_name, namespace=request.namespace))
+    old = [r["id"] for r in list_schedules(client, experiment_id=exp_id, namespace=request.namespace) if r["name"] == request.job_name]
+    run_id = create_schedule(client, request)
+    for rid in old:
+        delete_schedule(client, rid)
+    if old:
+        log.info("replaced recurring run(s) %s named %s", ", ".join(old), request.job_name)
+    return run_id, old
+
+
+def delete_by_name(client, name: str, *, namespace: str | None = None) -> list[str]:
+    """Delete every recurring run named ``name`` (in ``namespace``); returns their ids."""
+    ids = [r["id"] for r in list_schedules(client, namespace=namespace) if r["name"] == name]
+    for rid in ids:
+        delete_schedule(client, rid)
+    return ids
+
+
+def list_schedules(client, *, experiment_id: str | None = None, namespace: str | None = None,
+                   page_size: int = 100) -> list[dict[str, Any]]:
     """All recurring runs (following page tokens) as dicts: id, name, cron, status."""
     out, token = [], ""
     while True:
-        resp = client.list_recurring_runs(page_token=token, page_size=page_size, experiment_id=experiment_id)
+        resp = client.list_recurring_runs(page_token=token, page_size=page_size, experiment_id=experiment_id, namespace=namespace)
         for r in getattr(resp, "recurring_runs", None) or []:
             trigger = getattr(r, "trigger", None)
             cron = getattr(getattr(trigger, "cron_schedule", None), "cron", None)
@@ -116,15 +151,11 @@ def delete_schedule(client, recurring_run_id: str) -> None:
     log.info("deleted recurring run %s", recurring_run_id)
 
 
-def kfp_client(host: str) -> Any:
-    """A :class:`kfp.Client` for ``host`` (credentials from the standard KFP environment)."""
-    import kfp
+def kfp_client(host: str, namespace: str | None = None) -> Any:
+    """A probed :class:`kfp.Client` for ``host`` whose failures are one-line errors (see :mod:`kfp_api`)."""
+    from activedet.ops import kfp_api
 
-    try:
-        return kfp.Client(host=host)
-    except Exception as exc:  # connection refused, DNS, auth: the user fixes --host or credentials
-        reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
-        raise ActivedetError(f"cannot reach Kubeflow Pipelines at {host}: {reason}") from exc
+    return kfp_api.connect(host, namespace=namespace)
 
 
 #: compiles an experiment config file to a pipeline package; returns (package path, pipeline params)
