@@ -7,8 +7,10 @@ Commands::
                                [--skip-missing-files --skip-bad-images --rescale-boxes]
     activedet data import-yolo DATA.yaml --out URI [--id-offset 1 --skip-bad-images]
     activedet data export-coco DATASET_URI --out FILE.json [--split val]
+    activedet data split DATASET --out URI [--val-fraction 0.2 --test-fraction 0 --group-by auto]
+    activedet data merge A B ... --out URI [--prefix-ids]
 
-Each prints a JSON summary on stdout. Bad input exits with code 2 and one line on stderr, and
+Each prints a JSON summary on stdout (``split`` prints a per-split table; ``--json`` for JSON). Bad input exits with code 2 and one line on stderr, and
 nothing is committed at ``--out``.
 """
 
@@ -70,22 +72,35 @@ def _add_synth(sub) -> None:
 # --------------------------------------------------------------------------- COCO / YOLO
 
 
-def _import_coco(args: argparse.Namespace) -> int:
-    from activedet.data.coco import import_coco
+def _annotation_split(value: str, default: str) -> tuple[str, str]:
+    """``FILE[:SPLIT]`` -> (file, split); a suffix that is not a split name stays part of the path."""
+    from activedet.schema import SPLITS
 
-    return _print(
-        import_coco(
-            args.annotations,
-            images=args.images,
-            out_uri=args.out,
-            split=args.split,
-            crowd=args.crowd,
-            skip_missing_files=args.skip_missing_files,
-            skip_bad_images=args.skip_bad_images,
-            rescale_boxes=args.rescale_boxes,
-            workers=args.workers,
-        )
-    )
+    head, sep, tail = value.rpartition(":")
+    return (head, tail) if sep and tail in SPLITS and head else (value, default)
+
+
+def _import_coco(args: argparse.Namespace) -> int:
+    import tempfile
+
+    from activedet.data.coco import import_coco
+    from activedet.data.merge import merge_datasets
+
+    files = [_annotation_split(a, args.split) for a in args.annotations]
+
+    def one(annotations: str, split: str, out_uri: str) -> dict:
+        return import_coco(annotations, images=args.images, out_uri=out_uri, split=split, crowd=args.crowd,
+                           skip_missing_files=args.skip_missing_files, skip_bad_images=args.skip_bad_images,
+                           rescale_boxes=args.rescale_boxes, workers=args.workers)
+
+    if len(files) == 1:
+        return _print(one(*files[0], args.out))
+    with tempfile.TemporaryDirectory(prefix="activedet-import-") as tmp:  # one import per file, then one merge
+        parts = [one(path, split, f"{tmp}/part-{k}") for k, (path, split) in enumerate(files)]
+        summary = merge_datasets([p["uri"] for p in parts], args.out, prefix_ids=args.prefix_ids)
+    summary["inputs"] = [{"annotations": path, "split": split, "images": p["num_images"], "boxes": p["num_boxes"]}
+                         for (path, split), p in zip(files, parts, strict=True)]
+    return _print(summary)
 
 
 def _import_yolo(args: argparse.Namespace) -> int:
@@ -139,10 +154,15 @@ def _add_coco_yolo(sub) -> None:
         description="Import COCO detection annotations (bbox xywh -> xyxy). Image URIs point at the "
         "original files. Extra fields are ignored, except a track id in attributes, which is kept.",
     )
-    p.add_argument("annotations", help="COCO annotations JSON (local path or s3:// URI)")
+    p.add_argument("annotations", nargs="+", metavar="ANNOTATIONS[:SPLIT]",
+                   help="COCO annotations JSON (local path or s3:// URI); several files, each with its split "
+                   "(e.g. train.json:train val.json:val), merge into one dataset")
     p.add_argument("--images", required=True, help="directory or URI prefix holding the images' file_names")
     p.add_argument("--out", required=True, help="output dataset URI")
-    p.add_argument("--split", type=_split_arg, default="train", help="split of every image (default: train)")
+    p.add_argument("--split", type=_split_arg, default="train",
+                   help="split of every image of a file given without :SPLIT (default: train)")
+    p.add_argument("--prefix-ids", action="store_true",
+                   help="with several files: prefix image ids with the file's position (exports that reuse ids)")
     p.add_argument(
         "--crowd",
         choices=("flag", "skip"),
@@ -186,6 +206,63 @@ def _add_coco_yolo(sub) -> None:
     p.set_defaults(func=_export_coco)
 
 
+# --------------------------------------------------------------------------- split / merge
+
+
+def _split(args: argparse.Namespace) -> int:
+    from activedet.data.split import SplitSettings, format_split_table, split_dataset
+
+    settings = SplitSettings(val_fraction=args.val_fraction, test_fraction=args.test_fraction, seed=args.seed,
+                             group_by=args.group_by, time_gap=args.time_gap, similarity=args.similarity)
+    summary = split_dataset(args.dataset, args.out, settings)
+    if args.json:
+        return _print(summary)
+    sys.stdout.write(f"split {args.dataset} by {summary['group_by']} into {summary['scenes']} scenes -> {args.out}\n\n")
+    sys.stdout.write(format_split_table(summary["splits"]) + "\n")
+    return 0
+
+
+def _merge(args: argparse.Namespace) -> int:
+    from activedet.data.merge import merge_datasets
+
+    return _print(merge_datasets(args.datasets, args.out, prefix_ids=args.prefix_ids))
+
+
+def _add_split_merge(sub) -> None:
+    from activedet.data.split import GROUP_BY, SplitSettings
+
+    d = SplitSettings()
+    p = sub.add_parser(
+        "split",
+        help="assign train/val/test by scene (near-duplicate frames never straddle splits)",
+        description="Write a copy of DATASET with train/val/test assigned by whole scenes: sequence ids, "
+        "else timestamp / frame-index runs, else near-duplicate clusters of image thumbnails. Stratified "
+        "so that every class with boxes in enough scenes appears in val. Prints a per-split table.",
+    )
+    p.add_argument("dataset", metavar="DATASET", help="committed dataset URI")
+    p.add_argument("--out", required=True, help="output dataset URI")
+    p.add_argument("--val-fraction", type=float, default=d.val_fraction, help=f"share of images in val (default: {d.val_fraction})")
+    p.add_argument("--test-fraction", type=float, default=d.test_fraction, help=f"share of images in test (default: {d.test_fraction})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the scene order (default: {d.seed})")
+    p.add_argument("--group-by", choices=GROUP_BY, default=d.group_by, help=f"how scenes are found (default: {d.group_by})")
+    p.add_argument("--time-gap", type=float, default=d.time_gap, help=f"seconds between frames that start a new scene (default: {d.time_gap})")
+    p.add_argument("--similarity", type=float, default=d.similarity,
+                   help=f"thumbnail correlation at which images are near-duplicates (default: {d.similarity})")
+    p.add_argument("--json", action="store_true", help="print the JSON summary instead of the table")
+    p.set_defaults(func=_split)
+
+    p = sub.add_parser(
+        "merge",
+        help="merge several datasets into one",
+        description="One dataset from several (e.g. one import per annotation file): categories matched by "
+        "name (same name -> same id; conflicts are errors), image ids unique, splits kept.",
+    )
+    p.add_argument("datasets", nargs="+", metavar="DATASET", help="committed dataset URIs (two or more)")
+    p.add_argument("--out", required=True, help="output dataset URI")
+    p.add_argument("--prefix-ids", action="store_true", help="prefix image ids with the input's position (0/, 1/ ...)")
+    p.set_defaults(func=_merge)
+
+
 def register(sub) -> None:
     """Add the ``data`` command group to the top-level parser."""
     parser = sub.add_parser("data", help="generate, import and export datasets", description=__doc__,
@@ -194,4 +271,5 @@ def register(sub) -> None:
     commands.required = True
     _add_synth(commands)
     _add_coco_yolo(commands)
+    _add_split_merge(commands)
 

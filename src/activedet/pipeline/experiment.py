@@ -50,7 +50,17 @@ class TrainingSpec(FrozenModel):
         None, gt=0.0, description="teacher SGD learning rate (unset: the train-teacher default, tuned for tiny; papers: 0.01 for R50-FPN)"
     )
     student_lr: float | None = Field(None, gt=0.0, description="student SGD learning rate (unset: the train-student-ssl default)")
-    init_checkpoint: str | None = Field(None, description="initial backbone/detector weights (path or URI); none = from scratch")
+    init_checkpoint: str | None = Field(
+        None, description="initial detector weights: an activedet checkpoint (any classes), a torchvision detection weights "
+        "name (fasterrcnn_resnet50_fpn = COCO) or a state-dict file; the predictor is re-initialised when classes differ"
+    )
+    backbone_weights: str | None = Field(
+        None, description="backbone weights: 'imagenet' (the preset's ImageNet weights, cached under TORCH_HOME) or a path / "
+        "s3:// URI of a state dict; none = from scratch"
+    )
+    min_backbone_match: float = Field(
+        0.9, ge=0.0, le=1.0, description="fail when fewer than this share of backbone tensors loaded from the weights"
+    )
     warm_start: bool = Field(
         False, description="start each cycle's teacher from the previous cycle's model (Elezi retrains from scratch)"
     )

@@ -1,6 +1,8 @@
 """Train the teacher detector supervised on the labeled images of a ledger.
 
-Trains preset ``preset`` (random init, or warm-started from ``init_checkpoint_uri``) on the train
+Trains preset ``preset`` (random init, ImageNet / state-dict ``backbone_weights``, and/or a start
+from ``init_checkpoint_uri``: see :mod:`activedet.models.init`; ``meta.json``'s ``weights_init``
+records each source, its sha256 and the partial-load report) on the train
 images whose ledger state is ``labeled`` (all train images when no ledger is given), with their
 ground-truth boxes, flip + scale-jitter augmentation, SGD with warmup and step decay at 2/3 and
 8/9 of the schedule. Writes ``model.safetensors`` + ``meta.json`` + ``train.json`` under
@@ -37,7 +39,16 @@ class Config(StageConfig):
         default_factory=dict, description="preset keyword options, e.g. {min_size: 600, anchor_sizes: [16, 32, 64]}"
     )
     init_checkpoint_uri: str | None = Field(
-        None, description="warm start from this checkpoint (previous cycle / champion); same preset and classes"
+        None, description="start from: an activedet checkpoint (previous cycle / champion, any classes), a torchvision "
+        "detection weights name (fasterrcnn_resnet50_fpn = COCO) or a state-dict file; the predictor is re-initialised "
+        "when classes differ"
+    )
+    backbone_weights: str | None = Field(
+        None, description="backbone start: 'imagenet' (the preset's ImageNet weights, cached under TORCH_HOME) or a path / "
+        "s3:// URI of a state dict (.safetensors, or .pth read with weights_only); unset: random"
+    )
+    min_backbone_match: float = Field(
+        0.9, ge=0.0, le=1.0, description="fail when fewer than this share of backbone tensors loaded from the weights"
     )
     iterations: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="images per mini-batch")
@@ -93,8 +104,9 @@ def data_digest(dataset_uri: str, image_ids: list[str]) -> str:
 def run(config: Config) -> Result:
     """Train the teacher; returns the checkpoint URI, final loss and speed."""
     from activedet.data.dataset import load_dataset
-    from activedet.models.checkpoint import detector_for_dataset, load_weights, write_checkpoint
+    from activedet.models.checkpoint import detector_for_dataset, write_checkpoint
     from activedet.models.data import DetectionDataset, endless_batches
+    from activedet.models.init import load_backbone_weights, load_init_checkpoint, pretrained_options
     from activedet.models.predict import resolve_device
     from activedet.models.train import ResumeCheckpointer, Trainer, resume_fingerprint, seed_everything
     from activedet.tracking import tracker_for
@@ -104,12 +116,21 @@ def run(config: Config) -> Result:
     digest = data_digest(config.dataset_uri, ids)
     device = resolve_device(config.device)
     seed_everything(config.seed)
-    detector = detector_for_dataset(config.preset, dataset, **config.preset_options)
+    options = pretrained_options(
+        config.preset, config.preset_options, backbone_weights=config.backbone_weights, init_checkpoint=config.init_checkpoint_uri
+    )
+    detector = detector_for_dataset(config.preset, dataset, **options)
     parents = list(config.parent_run_ids)
+    weights_init: dict = {}
+    if config.backbone_weights:
+        weights_init["backbone_weights"] = load_backbone_weights(
+            detector, config.backbone_weights, min_backbone_match=config.min_backbone_match
+        )
     if config.init_checkpoint_uri:
-        init_meta = load_weights(detector, config.init_checkpoint_uri)
-        inherited = [*init_meta.get("parent_run_ids", []), init_meta.get("mlflow_run_id")]
-        parents += [p for p in inherited if p and p not in parents]
+        weights_init["init_checkpoint"] = load_init_checkpoint(
+            detector, config.init_checkpoint_uri, min_backbone_match=config.min_backbone_match
+        )
+        parents += [p for p in weights_init["init_checkpoint"].pop("parent_run_ids") if p not in parents]
     detector.model.to(device)
     tracker = tracker_for(config, run_name="train-teacher")
     tracker.log_params(
@@ -143,7 +164,7 @@ def run(config: Config) -> Result:
         }
         uri = write_checkpoint(
             out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
-            ledger_uri=config.ledger_uri, init_checkpoint_uri=config.init_checkpoint_uri, metrics={},
+            ledger_uri=config.ledger_uri, init_checkpoint_uri=config.init_checkpoint_uri, weights_init=weights_init, metrics={},
             parent_run_ids=parents, mlflow_run_id=tracker.run_id,
         )
         out.write_json("train.json", training)
