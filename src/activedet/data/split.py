@@ -251,7 +251,7 @@ def split_summary(images: pa.Table, boxes: pa.Table, class_names: dict[int, str]
     """Per split: images, scenes, boxes and boxes per class."""
     split_of = dict(zip(images.column("image_id").to_pylist(), images.column("split").to_pylist(), strict=True))
     scenes = Counter()
-    for split, seq in set(zip(images.column("split").to_pylist(), images.column("sequence_id").to_pylist(), strict=True)):
+    for split, _ in set(zip(images.column("split").to_pylist(), images.column("sequence_id").to_pylist(), strict=True)):
         scenes[split] += 1
     rows = []
     per_class: dict[str, Counter] = {s: Counter() for s in schema.SPLITS}
@@ -292,7 +292,7 @@ def split_dataset(dataset_uri: str, out_uri: str, settings: SplitSettings | None
     scene_of, method = derive_scenes(ds, settings)
     ids = ds.images.column("image_id").to_pylist()
     by_scene: dict[str, _Scene] = {}
-    for image_id, scene in zip(ids, scene_of, strict=True):
+    for scene in scene_of:
         by_scene.setdefault(scene, _Scene(scene, 0)).images += 1
     scene_by_image = dict(zip(ids, scene_of, strict=True))
     for image_id, cat in zip(ds.boxes.column("image_id").to_pylist(), ds.boxes.column("category_id").to_pylist(), strict=True):
