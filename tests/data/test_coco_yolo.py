@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -266,3 +267,134 @@ def test_cli_subprocess_smoke(small_coco, coco128, tmp_path):
     assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
     assert proc.stderr.startswith("activedet: error: 2 of 2 image file(s)")
     assert not (tmp_path / "o").exists()
+
+
+# --------------------------------------------------------------------------- image checks at import (issue 11)
+
+
+def _resize_json(data):
+    """Pretend the JSON was labelled on images twice as large (files resized after labelling)."""
+    for im in data["images"][:2]:
+        im["width"], im["height"] = im["width"] * 2, im["height"] * 2
+    for a in data["annotations"]:
+        if a["image_id"] in {im["id"] for im in data["images"][:2]}:
+            a["bbox"] = [v * 2 for v in a["bbox"]]
+
+
+def test_rescale_boxes_scales_to_the_files_size(small_coco, coco128, tmp_path, capsys):
+    plain, resized = small_coco(4), small_coco(4, _resize_json, name="resized.json")
+    images = str(coco128 / "images")
+    assert _run(["data", "import-coco", str(plain), "--images", images, "--out", str(tmp_path / "a")], capsys)[0] == 0
+    rc, _, err = _run(["data", "import-coco", str(resized), "--images", images, "--out", str(tmp_path / "b")], capsys)
+    assert rc == 2 and "2 of 4 image(s)" in err and "--rescale-boxes" in err and not (tmp_path / "b").exists()
+    rc, out, _ = _run(["data", "import-coco", str(resized), "--images", images, "--out", str(tmp_path / "b"), "--rescale-boxes"], capsys)
+    assert rc == 0 and json.loads(out)["rescaled_images"] == 2
+    a, b = load_dataset(str(tmp_path / "a")), load_dataset(str(tmp_path / "b"))
+    assert a.images.to_pylist() == b.images.to_pylist()  # the files' sizes
+    _assert_same_boxes(_boxes_by_file(a), _boxes_by_file(b), atol=1e-3)
+
+
+def _bad_files(root):
+    """An images folder with two good photos, a 0-byte file, a text file and a truncated JPEG."""
+    def edit(data):
+        good = [im["file_name"] for im in data["images"][:2]]
+        (root / "train2017").mkdir(parents=True)
+        for n in good:
+            (root / n).write_bytes((root.parent / "src" / n).read_bytes())
+        (root / "train2017" / "empty.jpg").write_bytes(b"")
+        (root / "train2017" / "text.jpg").write_text("not an image")
+        data_ = (root / good[0]).read_bytes()
+        (root / "train2017" / "cut.jpg").write_bytes(data_[: len(data_) // 3])
+        for im, name in zip(data["images"][2:5], ("empty.jpg", "text.jpg", "cut.jpg"), strict=True):
+            im["file_name"] = f"train2017/{name}"
+    return edit
+
+
+def test_skip_bad_images_drops_and_counts_them(small_coco, coco128, tmp_path, capsys):
+    root = tmp_path / "imgs"
+    shutil.copytree(coco128 / "images", tmp_path / "src")
+    ann = small_coco(5, _bad_files(root))
+    n_boxes = {im["id"]: 0 for im in json.loads(ann.read_text())["images"]}
+    for a in json.loads(ann.read_text())["annotations"]:
+        n_boxes[a["image_id"]] += 1
+    rc, _, err = _run(["data", "import-coco", str(ann), "--images", str(root), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "3 of 5 image file(s)" in err and "--skip-bad-images" in err
+    rc, out, _ = _run(["data", "import-coco", str(ann), "--images", str(root), "--out", str(tmp_path / "o"),
+                       "--skip-bad-images", "--workers", "2"], capsys)
+    summary = json.loads(out)
+    assert rc == 0 and summary["bad_images_skipped"] == 3 and summary["num_images"] == 2
+    ids = list(n_boxes)
+    assert summary["num_boxes"] == n_boxes[ids[0]] + n_boxes[ids[1]]
+    assert summary["boxes_of_skipped_files"] == sum(n_boxes[i] for i in ids[2:])
+    assert sorted(load_dataset(str(tmp_path / "o")).images.column("image_id").to_pylist()) == sorted(str(i) for i in ids[:2])
+
+
+def test_absolute_file_name_inside_the_root_is_stored_as_checked(small_coco, coco128, tmp_path, capsys):
+    images = coco128 / "images"
+
+    def edit(data):
+        data["images"][0]["file_name"] = str(images / data["images"][0]["file_name"])
+        data["images"][1]["file_name"] = "train2017/./../train2017/" + data["images"][1]["file_name"].split("/")[-1]
+        data["images"][2]["width"] = float(data["images"][2]["width"])  # integral floats are sizes too
+        data["annotations"][0]["iscrowd"] = False
+        data["annotations"][1]["iscrowd"] = True
+
+    ann = small_coco(4, edit)
+    rc, out, err = _run(["data", "import-coco", str(ann), "--images", str(images), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 0, err
+    data = json.loads(ann.read_text())
+    uris = load_dataset(str(tmp_path / "o")).images.column("uri").to_pylist()
+    assert uris[0] == data["images"][0]["file_name"]
+    assert uris[1] == str(images / "train2017" / data["images"][1]["file_name"].split("/")[-1])
+    assert json.loads(out)["crowd_flagged"] == 1
+
+
+def test_yolo_skip_bad_images(coco128, tmp_path, capsys):
+    yaml_path = _yolo_tree(tmp_path, coco128, "0 0.5 0.5 0.2 0.4\n")
+    (tmp_path / "images" / "train" / "b.jpg").write_bytes(b"")
+    (tmp_path / "labels" / "train" / "b.txt").write_text("1 0.5 0.5 0.2 0.4\n")
+    rc, _, err = _run(["data", "import-yolo", str(yaml_path), "--out", str(tmp_path / "o")], capsys)
+    assert rc == 2 and "b.jpg' (empty file (0 bytes))" in err
+    rc, out, _ = _run(["data", "import-yolo", str(yaml_path), "--out", str(tmp_path / "o"), "--skip-bad-images"], capsys)
+    summary = json.loads(out)
+    assert rc == 0 and summary["bad_images_skipped"] == 1 and summary["num_images"] == 1 and summary["num_boxes"] == 1
+
+
+def test_probe_images_serial_and_threads_agree(coco128, tmp_path):
+    from activedet.data.checks import probe_images
+
+    uris = [str(p) for p in sorted((coco128 / "images" / "train2017").iterdir())[:20]]
+    (tmp_path / "x.jpg").write_bytes(b"\xff\xd8\xff")
+    uris += [str(tmp_path / "x.jpg"), str(tmp_path / "nope.jpg")]
+    serial, threaded = probe_images(str(coco128), uris, workers=1), probe_images(str(coco128), uris, workers=8)
+    assert serial == threaded
+    assert all(p.size for p in serial[:20]) and serial[-1].missing and serial[-2].problem and not serial[-2].missing
+
+
+def test_probe_images_on_s3_reads_big_and_small_objects(s3_bucket, coco128):
+    from activedet import store
+    from activedet.data.checks import HEAD_BYTES, probe_images
+
+    src = sorted((coco128 / "images" / "train2017").iterdir())
+    big = next(p for p in src if p.stat().st_size > HEAD_BYTES * 2)
+    store.upload(big, f"{s3_bucket}/i/big.jpg")
+    store.write_bytes(f"{s3_bucket}/i/cut.jpg", big.read_bytes()[: HEAD_BYTES + 1000])
+    store.write_bytes(f"{s3_bucket}/i/small.png", (tmp := _tiny_png()))
+    probes = probe_images(f"{s3_bucket}/i", [f"{s3_bucket}/i/{n}" for n in ("big.jpg", "cut.jpg", "small.png", "gone.jpg")])
+    from PIL import Image
+
+    with Image.open(big) as im:
+        assert probes[0].size == im.size
+    assert probes[1].problem.startswith("truncated JPEG")
+    assert probes[2].size == (7, 5) and len(tmp) < HEAD_BYTES
+    assert probes[3].missing
+
+
+def _tiny_png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.new("RGB", (7, 5)).save(buf, format="PNG")
+    return buf.getvalue()

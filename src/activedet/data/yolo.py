@@ -114,12 +114,12 @@ def _parse_labels(path: Path, n_classes: int) -> list[tuple[int, float, float, f
             raise DatasetImportError(f"{path}:{lineno}: class index {cls} not in names (0..{n_classes - 1})")
         if not all(math.isfinite(v) for v in values):
             raise DatasetImportError(f"{path}:{lineno}: non-finite coordinate in {line.strip()!r}")
+        if len(values) == 4 and (values[2] < 0 or values[3] < 0):
+            raise DatasetImportError(f"{path}:{lineno}: negative box width or height in {line.strip()!r}")
         if any(not -NORM_SLACK <= v <= 1 + NORM_SLACK for v in values):
             raise DatasetImportError(f"{path}:{lineno}: coordinates must be normalised to [0, 1] (pixels?), got {line.strip()!r}")
         if len(values) == 4:
             cx, cy, w, h = values
-            if w < 0 or h < 0:
-                raise DatasetImportError(f"{path}:{lineno}: negative box width or height in {line.strip()!r}")
             rows.append((cls, cx - w / 2, cy - h / 2, cx + w / 2, cy + h / 2))
         elif len(values) >= 6 and len(values) % 2 == 0:  # polygon: box its extent
             xs, ys = values[0::2], values[1::2]
