@@ -14,7 +14,7 @@ help:
 	@echo "make test   - run the test suite"
 	@echo "make lint   - ruff"
 	@echo "make bench  - run the benchmarks (see benchmarks/README.md)"
-	@echo "make images - build the GPU and CPU container images (needs Docker)"
+	@echo "make images - build the GPU, CPU and MLflow container images (needs Docker)"
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -37,11 +37,13 @@ bench: $(STAMP)
 # Container images: wheel first, then both images; names/tags from activedet.images (like the components).
 IMAGE_GPU = $(shell $(BIN)/python -c 'from activedet import images; print(images.gpu_image())')
 IMAGE_CPU = $(shell $(BIN)/python -c 'from activedet import images; print(images.cpu_image())')
+IMAGE_MLFLOW = $(shell $(BIN)/python -c 'from activedet import images; print(images.mlflow_image())')
 images: $(STAMP)
 	rm -rf dist && $(BIN)/python -m pip wheel --quiet --no-deps --wheel-dir dist .
 	docker build -f images/gpu/Dockerfile -t $(IMAGE_GPU) dist
 	docker build -f images/cpu/Dockerfile -t $(IMAGE_CPU) dist
-	@echo "built $(IMAGE_GPU) and $(IMAGE_CPU); push them with docker push"
+	docker build -f images/mlflow/Dockerfile -t $(IMAGE_MLFLOW) images/mlflow
+	@echo "built $(IMAGE_GPU), $(IMAGE_CPU) and $(IMAGE_MLFLOW); push them with docker push"
 
 clean-venv:
 	rm -rf $(VENV)

@@ -30,3 +30,12 @@ def cpu_image(registry: str | None = None) -> str:
     """Slim image for selection, evaluation and bookkeeping stages."""
     reg = (registry or os.environ.get("ACTIVEDET_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
     return f"{reg}/{CPU_IMAGE_NAME}:{image_tag()}"
+
+
+MLFLOW_IMAGE_NAME = "activedet-mlflow"
+
+
+def mlflow_image(registry: str | None = None) -> str:
+    """MLflow tracking server of the chart (images/mlflow: pinned MLflow + psycopg2 + boto3)."""
+    reg = (registry or os.environ.get("ACTIVEDET_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
+    return f"{reg}/{MLFLOW_IMAGE_NAME}:{image_tag()}"
