@@ -184,3 +184,21 @@ def test_freeze_at_and_frozen_bn():
     assert any(isinstance(m, FrozenBatchNorm2d) for m in r50.backbone.body.modules())
     grads = {n.split(".")[0]: p.requires_grad for n, p in r50.backbone.body.named_parameters()}
     assert grads == {"conv1": False, "layer1": False, "layer2": True, "layer3": True, "layer4": True}
+
+
+def test_mirror_bucket_fills_the_cache_and_bad_digests_are_refused(s3_bucket, tmp_path, monkeypatch):
+    from activedet.models.weights import backbone_state, cached_torchvision_file, torchvision_weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("ACTIVEDET_WEIGHTS_DOWNLOAD", "0")
+    monkeypatch.setenv("ACTIVEDET_WEIGHTS_MIRROR", f"{s3_bucket}/weights")
+    weights = torchvision_weights("ResNet50_Weights", "IMAGENET1K_V1")
+    fake = tmp_path / "fake.pth"
+    torch.save({"conv1.weight": torch.zeros(1)}, fake)
+    store.upload(fake, f"{s3_bucket}/weights/resnet50-0676ba61.pth")  # right name, wrong content
+    with pytest.raises(WeightsError, match="resnet50-0676ba61.pth"):
+        cached_torchvision_file(weights, spec="imagenet")
+    assert not list((tmp_path / "torch" / "hub" / "checkpoints").iterdir())  # nothing half-written stays
+    # a state dict in the bucket is also a valid backbone_weights URI, read with weights_only
+    state, source = backbone_state("resnet50_fpn", f"{s3_bucket}/weights/resnet50-0676ba61.pth")
+    assert list(state) == ["conv1.weight"] and source.sha256 == _sha(fake)

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -121,24 +122,48 @@ def torchvision_weights(enum_name: str, member: str):
     return enum[member]
 
 
+# Weights the GPU image carries (images/gpu/Dockerfile runs fetch_all at build time).
+PREFETCH = (
+    ("ResNet50_Weights", "IMAGENET1K_V1"),
+    ("MobileNet_V3_Large_Weights", "IMAGENET1K_V1"),
+    ("FasterRCNN_ResNet50_FPN_Weights", "COCO_V1"),
+    ("FasterRCNN_MobileNet_V3_Large_FPN_Weights", "COCO_V1"),
+)
+_HASH_PREFIX = re.compile(r"-([a-f0-9]{8,})\.")
+
+
 def _fetch(url: str, filename: str, dest: Path) -> str | None:
-    """Fill ``dest`` from the mirror or ``url``; returns where it came from, None when offline/disabled."""
+    """Fill ``dest`` from the mirror or ``url``; returns where it came from, None when offline/disabled.
+
+    torchvision file names end in a sha256 prefix (``resnet50-0676ba61.pth``): a download whose
+    digest does not start with it is discarded."""
     mirror = os.environ.get(MIRROR_ENV, "").rstrip("/")
     dest.parent.mkdir(parents=True, exist_ok=True)
     sources = [f"{mirror}/{filename}"] if mirror else []
     if os.environ.get(DOWNLOAD_ENV, "1") != "0":
         sources.append(url)
+    expected = _HASH_PREFIX.search(filename)
     for src in sources:
+        tmp = dest.with_name(dest.name + ".partial")
         try:
             if store.is_s3(src):
-                store.download(src, dest)
+                store.download(src, tmp)
             else:
-                torch.hub.download_url_to_file(src, str(dest), progress=False)
+                torch.hub.download_url_to_file(src, str(tmp), progress=False)
+            if expected and not store.sha256_file(tmp).startswith(expected.group(1)):
+                raise WeightsError(f"sha256 of {src} does not start with {expected.group(1)}")
+            tmp.replace(dest)
             log.info("downloaded %s -> %s", src, dest)
             return src
-        except Exception as exc:  # offline, 404, no bucket access: try the next source, then fail with one line
+        except Exception as exc:  # offline, 404, no bucket access, bad digest: try the next source, then one line
+            tmp.unlink(missing_ok=True)
             log.info("cannot fetch %s: %s", src, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
     return None
+
+
+def fetch_all(names=PREFETCH) -> list[Path]:
+    """Put the ImageNet and COCO weights of :data:`PREFETCH` into ``$TORCH_HOME`` (image builds)."""
+    return [cached_torchvision_file(torchvision_weights(*n), spec=".".join(n))[0] for n in names]
 
 
 def cached_torchvision_file(weights, *, spec: str) -> tuple[Path, str]:
