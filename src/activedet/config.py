@@ -72,3 +72,54 @@ def load_config(cls: type[T], source: dict[str, Any] | str | Path | None = None,
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ConfigError(_format_error(cls, exc, where or cls.__name__)) from None
+
+
+def _lookup(source: BaseModel, path: str) -> Any:
+    value: Any = source
+    for part in path.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def config_from(
+    cls: type[T],
+    source: BaseModel,
+    *,
+    where: str,
+    fields: dict[str, str] | None = None,
+    spread: tuple[str, ...] = (),
+    **derived: Any,
+) -> T:
+    """Build stage config ``cls`` from another config (the experiment), naming its key paths on errors.
+
+    ``fields`` maps a ``cls`` field to a dotted path in ``source`` (``{"iterations":
+    "training.teacher_iterations"}``); a value left unset (None) there means the stage default.
+    ``spread`` names dict-valued paths (``"acquisition.strategy_params"``) whose keys are ``cls``
+    fields. ``derived`` are values computed here (URIs, per-cycle seeds). A validation error names
+    the source key path it came from, e.g. ``acquisition.strategy_params.prefilter_factr``.
+    """
+    data: dict[str, Any] = dict(derived)
+    origin: dict[str, str] = {}
+    for name, path in (fields or {}).items():
+        value = _lookup(source, path)
+        origin[name] = path
+        if value is not None:
+            data[name] = value
+    set_here = set(data) | set(origin)
+    for path in spread:
+        for key, value in (_lookup(source, path) or {}).items():
+            if key in set_here:
+                raise ConfigError(f"{where}: {path}.{key}: set by {origin.get(key, 'the pipeline')}, not here")
+            data[key], origin[key] = value, f"{path}.{key}"
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][0]) if err["loc"] else ""
+        path = origin.get(key, key)
+        if err["type"] == "extra_forbidden":
+            params = sorted(set(cls.model_fields) - set_here - set(StageConfig.model_fields))
+            raise ConfigError(f"{where}: {path}: unknown parameter (valid: {', '.join(params)})") from None
+        rest = ".".join(str(p) for p in err["loc"][1:])
+        msg = err["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"{where}: {path}{'.' + rest if rest else ''}: {msg}") from None

@@ -35,7 +35,7 @@ def _config(tmp_path, **over) -> str:
 
 
 def test_continuous_pipeline_compiles(tmp_path):
-    package, params = compile_continuous(_config(tmp_path), tmp_path / "continuous.yaml")
+    package, params = compile_continuous(_config(tmp_path), tmp_path / "continuous.yaml", platform=False)
     spec = next(yaml.safe_load_all(package.read_text()))  # doc 2: platform (k8s) config
     tasks = spec["root"]["dag"]["tasks"]
     for name in ("begin", "ingest", "import-labels", "train-teacher", "train-student-ssl", "evaluate", "promote",

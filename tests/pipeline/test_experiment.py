@@ -9,7 +9,7 @@ from activedet.errors import ConfigError
 from activedet.pipeline import plan
 from activedet.pipeline.experiment import load_experiment
 
-BASE = {"name": "t", "dataset": {"uri": "/data/x"}, "initial_size": 10, "budget": 5, "cycles": 3}
+BASE = {"name": "t", "dataset": {"uri": "s3://data/x"}, "initial_size": 10, "budget": 5, "cycles": 3}
 
 
 def test_shipped_presets_follow_their_protocols(demo_experiment, cluster_experiment):

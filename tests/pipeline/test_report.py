@@ -23,7 +23,7 @@ def test_table_has_one_line_per_cycle_and_the_agreed_columns():
 
 
 def test_rows_are_read_in_cycle_order_and_plots_are_written(tmp_path):
-    exp = load_experiment({"dataset": {"uri": "/d"}, "initial_size": 40, "budget": 40, "cycles": 12})
+    exp = load_experiment({"dataset": {"uri": "s3://b/d"}, "initial_size": 40, "budget": 40, "cycles": 12})
     lay = RunLayout(str(tmp_path / "run"), exp)
     for cycle in (10, 2, 0):  # 'cycle-10' sorts before 'cycle-2' as text
         store.write_json(lay.summary_row(cycle), {"cycle": cycle, "labeled": 40 * (cycle + 1), "AP": 0.1})

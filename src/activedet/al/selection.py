@@ -294,6 +294,21 @@ def class_balanced_strategy(inp: SelectionInput) -> Picked:
 # --------------------------------------------------------------------------- entry point
 
 
+#: strategies that rank by the configured ``score`` column, and those that need embeddings (k-center)
+RANKS_BY_SCORE = frozenset({"topk", "uniform_topk", "prefilter_coreset", "class_balanced"})
+NEEDS_EMBEDDINGS = frozenset({"coreset", "prefilter_coreset"})
+
+
+def required_columns(strategy: str, score: str) -> list[str]:
+    """Score columns ``strategy`` reads from the scores table (``score``: the configured one)."""
+    cols = [score] if strategy in RANKS_BY_SCORE else []
+    if strategy == "unified":
+        cols += ["entropy", "inconsistency"]
+    if strategy in NEEDS_EMBEDDINGS:
+        cols.append("embedding")
+    return cols
+
+
 def select(strategy: str, inp: SelectionInput) -> Picked:
     """Run ``strategy`` with the shared rules (pool only, no duplicates, budget capping)."""
     fn = STRATEGIES.get(strategy)

@@ -230,6 +230,10 @@ def compile_continuous(config_path: str, output: str | Path, *, platform: bool =
 
     from activedet.ops.pipeline import build_continuous
 
+    from activedet.pipeline.plan import check_cluster_storage
+
     exp = load_experiment(config_path)
+    if platform:
+        check_cluster_storage(exp)
     compiler.Compiler().compile(build_continuous(exp, platform=platform), package_path=str(output))
     return Path(output), pipeline_params(exp)

@@ -129,8 +129,16 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
 
 
 def compile_pipeline(exp: ExperimentConfig, output: str, *, platform: bool = True) -> str:
-    """Compile the pipeline for ``exp`` to a YAML file; returns its path."""
+    """Compile the pipeline for ``exp`` to a YAML file; returns its path.
+
+    For a cluster (``platform``), a store that is not ``s3://`` is refused: see
+    :func:`activedet.pipeline.plan.check_cluster_storage`.
+    """
     from kfp import compiler
 
+    from activedet.pipeline.plan import check_cluster_storage
+
+    if platform:
+        check_cluster_storage(exp)
     compiler.Compiler().compile(build_pipeline(exp, platform=platform), package_path=str(output))
     return str(output)

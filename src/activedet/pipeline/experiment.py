@@ -230,9 +230,19 @@ class ExperimentConfig(FrozenModel):
         return self.model_dump_json()
 
 
-def load_experiment(source: str | Path | dict, **overrides) -> ExperimentConfig:
-    """Load and validate an experiment config; errors are one-line :class:`ConfigError`."""
-    return load_config(ExperimentConfig, source, **overrides)
+def load_experiment(source: str | Path | dict, *, check: bool = True, **overrides) -> ExperimentConfig:
+    """Load and validate an experiment config; errors are one-line :class:`ConfigError`.
+
+    With ``check`` (the default) every stage config of every cycle is built and the cross-stage
+    rules are checked too (:func:`activedet.pipeline.plan.validate`), so a bad value fails here,
+    naming its key path, not in the stage that first uses it.
+    """
+    exp = load_config(ExperimentConfig, source, **overrides)
+    if check:
+        from activedet.pipeline import plan
+
+        plan.validate(exp, where=str(source) if isinstance(source, (str, Path)) else "experiment")
+    return exp
 
 
 def experiment_from_json(text: str) -> ExperimentConfig:

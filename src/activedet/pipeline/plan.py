@@ -1,142 +1,29 @@
-"""Stage configs of one cycle, derived from the experiment config and the run layout.
+"""Which stages a run executes, with which configs -- and the load-time check of all of them.
 
-This is the single place that maps experiment settings onto the fields of each stage's
-``Config``; the KFP components call :func:`stage_config` and then ``run(Config(...))``.
+Each stage module maps the experiment onto its own ``Config`` (``from_experiment(exp, layout,
+cycle, **upstream)``, next to ``Config`` and ``run``); this module only says which stages run in
+a cycle (:func:`cycle_stages`), dispatches to their ``from_experiment`` (:func:`stage_config`)
+and, at load, builds every stage config of every cycle and checks the rules no single stage sees
+(:func:`validate`). A bad value therefore fails in seconds, naming its key path, before anything
+is compiled, submitted or trained.
 """
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
 from typing import Any
 
-from activedet.errors import ConfigError
+from activedet import store
+from activedet.config import StageConfig
+from activedet.errors import ActivedetError, ConfigError
 from activedet.pipeline.experiment import ExperimentConfig
 from activedet.pipeline.layout import RunLayout
 
+log = logging.getLogger(__name__)
 
-def _tracking(uri: str | None, run_id: str | None) -> dict[str, Any]:
-    return {"mlflow_tracking_uri": uri or None, "mlflow_run_id": run_id or None}
-
-
-def init_config(lay: RunLayout) -> dict[str, Any]:
-    exp = lay.experiment
-    return {"dataset_uri": lay.dataset, "output_uri": lay.ledger(0), "initial_size": exp.initial_size, "seed": exp.seed}
-
-
-def train_teacher_config(lay: RunLayout, cycle: int) -> dict[str, Any]:
-    exp, tr = lay.experiment, lay.experiment.training
-    init = tr.init_checkpoint
-    if tr.warm_start and cycle > 0:
-        init = lay.model(cycle - 1)
-    return {
-        "dataset_uri": lay.dataset,
-        "ledger_uri": lay.ledger(cycle),
-        "output_uri": lay.teacher(cycle),
-        "preset": tr.preset,
-        "preset_options": dict(tr.preset_options),
-        "iterations": tr.teacher_iterations,
-        "batch_size": tr.batch_size,
-        **({"lr": tr.lr} if tr.lr is not None else {}),
-        "init_checkpoint_uri": init,
-        "checkpoint_every": tr.checkpoint_every,
-        "num_workers": tr.num_workers,
-        "device": exp.device,
-        "seed": exp.seed + cycle,
-    }
-
-
-def pseudo_labels_config(lay: RunLayout, cycle: int) -> dict[str, Any]:
-    exp, pl = lay.experiment, lay.experiment.pseudo_labels
-    return {
-        "teacher_checkpoint_uri": lay.teacher(cycle),
-        "dataset_uri": lay.dataset,
-        "ledger_uri": lay.ledger(cycle),
-        "output_uri": lay.pseudo_labels(cycle),
-        "filter": pl.filter,
-        "filter_params": dict(pl.params),
-        "min_score": pl.min_score,
-        "max_pool_images": pl.max_pool_images,
-        "device": exp.device,
-        "seed": exp.seed + cycle,
-    }
-
-
-def student_config(lay: RunLayout, cycle: int) -> dict[str, Any]:
-    exp, tr, ssl = lay.experiment, lay.experiment.training, lay.experiment.ssl
-    return {
-        "teacher_checkpoint_uri": lay.teacher(cycle),
-        "dataset_uri": lay.dataset,
-        "ledger_uri": lay.ledger(cycle),
-        "pseudo_labels_uri": lay.pseudo_labels(cycle),
-        "output_uri": lay.student(cycle),
-        "iterations": tr.student_iterations,
-        "batch_size": tr.batch_size,
-        "labeled_fraction": ssl.labeled_fraction,
-        "lambda_u": ssl.lambda_u,
-        **({"lr": tr.student_lr} if tr.student_lr is not None else {}),
-        "checkpoint_every": tr.checkpoint_every,
-        "num_workers": tr.num_workers,
-        "device": exp.device,
-        "seed": exp.seed + cycle,
-    }
-
-
-def evaluate_config(lay: RunLayout, cycle: int) -> dict[str, Any]:
-    return {
-        "checkpoint_uri": lay.model(cycle),
-        "dataset_uri": lay.dataset,
-        "ledger_uri": lay.ledger(cycle),
-        "output_uri": lay.eval(cycle),
-        "device": lay.experiment.device,
-    }
-
-
-def score_config(lay: RunLayout, cycle: int, shard: int) -> dict[str, Any]:
-    exp, acq = lay.experiment, lay.experiment.acquisition
-    scores = [acq.score]
-    diversity = "coreset" in acq.strategy
-    if diversity and "embedding" not in scores:
-        scores.append("embedding")  # k-center needs embeddings of the pool and the labeled set
-    return {
-        "checkpoint_uri": lay.model(cycle),
-        "dataset_uri": lay.dataset,
-        "ledger_uri": lay.ledger(cycle),
-        "output_uri": lay.scores_shard(cycle, shard),
-        "scores": scores,
-        "include_labeled": diversity,
-        "shard": f"{shard}/{acq.shards}",
-        "batch_size": exp.training.batch_size,
-        "num_workers": exp.training.num_workers,
-        "device": exp.device,
-        **acq.score_params,
-    }
-
-
-def merge_config(lay: RunLayout, cycle: int) -> dict[str, Any]:
-    shards = lay.experiment.acquisition.shards
-    return {"shard_uris": [lay.scores_shard(cycle, i) for i in range(shards)], "output_uri": lay.scores(cycle)}
-
-
-def select_config(lay: RunLayout, cycle: int, budget: int) -> dict[str, Any]:
-    exp, acq = lay.experiment, lay.experiment.acquisition
-    return {
-        "dataset_uri": lay.dataset,
-        "ledger_uri": lay.ledger(cycle),
-        "scores_uri": lay.scores(cycle),
-        "output_uri": lay.selection(cycle),
-        "strategy": acq.strategy,
-        "score": acq.score,
-        "budget": budget,
-        "cycle": cycle + 1,
-        "seed": exp.seed,
-        "device": exp.device,
-        **acq.strategy_params,
-    }
-
-
-def oracle_config(lay: RunLayout, cycle: int) -> dict[str, Any]:
-    """Simulation: reveal the ground truth of the batch select-batch left pending."""
-    sel = lay.selection(cycle)
-    return {"ledger_uri": sel, "selection_uri": sel, "output_uri": lay.ledger(cycle + 1)}
+#: run root used to build the stage configs at load time (nothing is read or written there)
+VALIDATION_ROOT = "s3://activedet-validate/run"
 
 
 def next_budget(exp: ExperimentConfig, labeled: int) -> int:
@@ -147,30 +34,119 @@ def next_budget(exp: ExperimentConfig, labeled: int) -> int:
     return max(0, min(exp.budget, cap - labeled))
 
 
+def selects_after(exp: ExperimentConfig, cycle: int) -> bool:
+    """Whether cycle ``cycle`` ends with a selection (not the last cycle, or labeling by export)."""
+    return cycle < exp.cycles - 1 or exp.labeling == "export"
+
+
+def cycle_stages(exp: ExperimentConfig, cycle: int) -> list[tuple[str, dict[str, Any]]]:
+    """The stages of cycle ``cycle`` in order, each with its upstream values (shard, budget)."""
+    steps: list[tuple[str, dict[str, Any]]] = [("train-teacher", {})]
+    if exp.ssl.enabled:
+        steps += [("generate-pseudo-labels", {}), ("train-student-ssl", {})]
+    steps.append(("evaluate", {}))
+    if selects_after(exp, cycle):
+        steps += [("score-unlabeled", {"shard": s}) for s in range(exp.acquisition.shards)]
+        steps += [("merge-scores", {}), ("select-batch", {"budget": next_budget(exp, exp.labeled_at(cycle))})]
+        if exp.labeling == "oracle":
+            steps.append(("oracle", {}))
+    return steps
+
+
 def stage_config(
     stage: str,
     exp: ExperimentConfig,
     run_root: str,
     cycle: int,
     *,
-    shard: int = 0,
-    budget: int | None = None,
     tracking_uri: str | None = None,
     mlflow_run_id: str | None = None,
-) -> dict[str, Any]:
-    """The config mapping of ``stage`` in ``cycle`` (tracking fields included)."""
-    lay = RunLayout(run_root, exp)
-    builders = {
-        "init": lambda: init_config(lay),
-        "train-teacher": lambda: train_teacher_config(lay, cycle),
-        "generate-pseudo-labels": lambda: pseudo_labels_config(lay, cycle),
-        "train-student-ssl": lambda: student_config(lay, cycle),
-        "evaluate": lambda: evaluate_config(lay, cycle),
-        "score-unlabeled": lambda: score_config(lay, cycle, shard),
-        "merge-scores": lambda: merge_config(lay, cycle),
-        "select-batch": lambda: select_config(lay, cycle, exp.budget if budget is None else budget),
-        "oracle": lambda: oracle_config(lay, cycle),
-    }
-    if stage not in builders:
-        raise ConfigError(f"no pipeline step for stage {stage!r}; valid: {', '.join(builders)}")
-    return {**builders[stage](), **_tracking(tracking_uri, mlflow_run_id)}
+    **upstream: Any,
+) -> StageConfig:
+    """The ``Config`` of ``stage`` in ``cycle`` (its module's ``from_experiment``, tracking fields set)."""
+    from activedet.stages import stage_module
+
+    module = stage_module(stage)
+    if not hasattr(module, "from_experiment"):
+        raise ConfigError(f"stage {stage!r} is not a pipeline stage")
+    config = module.from_experiment(exp, RunLayout(run_root, exp), cycle, **upstream)
+    return config.model_copy(update={"mlflow_tracking_uri": tracking_uri or None, "mlflow_run_id": mlflow_run_id or None})
+
+
+def resolve(exp: ExperimentConfig, run_root: str = VALIDATION_ROOT) -> dict[str, dict[str, Any]]:
+    """Every stage config of the run: ``{"init": {...}, "cycle-00": {stage: {...}}, ...}`` (JSON-ready).
+
+    Score shards are listed once (shard 0; the others differ only in ``shard`` and ``output_uri``).
+    """
+    tracking = {"mlflow_tracking_uri", "mlflow_run_id"}
+    out: dict[str, dict[str, Any]] = {"init": stage_config("init", exp, run_root, 0).model_dump(mode="json", exclude=tracking)}
+    for cycle in range(exp.cycles):
+        configs = {}
+        for stage, upstream in cycle_stages(exp, cycle):
+            config = stage_config(stage, exp, run_root, cycle, **upstream)
+            configs.setdefault(stage, config.model_dump(mode="json", exclude=tracking))
+        out[f"cycle-{cycle:02d}"] = configs
+    return out
+
+
+def validate(exp: ExperimentConfig, where: str = "experiment") -> dict[str, dict[str, Any]]:
+    """Build every stage config of every cycle and check the cross-stage rules; returns :func:`resolve`.
+
+    Raises a one-line :class:`ConfigError` that names the key path (``where: [stage:] key.path: what``).
+    """
+    from activedet.stages.evaluate import METRICS
+
+    try:
+        if exp.stopping.metric not in METRICS:
+            raise ConfigError(f"stopping.metric: unknown metric {exp.stopping.metric!r}; valid: {', '.join(METRICS)}")
+        resolved = resolve(exp)
+        _check_dataset(exp)
+    except ConfigError as exc:
+        raise ConfigError(f"{where}: {exc}") from None
+    return resolved
+
+
+def _train_pool_size(exp: ExperimentConfig) -> tuple[int, str] | None:
+    """(train images, where) of the dataset when it can be known without the network, else None."""
+    synth = exp.dataset.synth
+    if synth is not None:
+        from activedet.data.synth import split_counts
+
+        n_val, n_test = split_counts(synth.sequences, synth.val_fraction, synth.test_fraction)
+        return (synth.sequences - n_val - n_test) * synth.frames, "dataset.synth"
+    uri = exp.dataset.uri or ""
+    if store.is_s3(uri):
+        return None  # the bucket may be reachable only from the cluster
+    from activedet.data.dataset import load_dataset
+
+    if not Path(store.local_path(uri)).exists():
+        raise ConfigError(f"dataset.uri: no dataset at {uri} (import one with `activedet data import-coco` or use dataset.synth)")
+    try:
+        dataset = load_dataset(uri)
+    except ActivedetError as exc:
+        raise ConfigError(f"dataset.uri: {exc}") from None
+    return len(dataset.split_ids("train")), f"dataset.uri {uri}"
+
+
+def _check_dataset(exp: ExperimentConfig) -> None:
+    known = _train_pool_size(exp)
+    if known is None:
+        return
+    pool, source = known
+    if exp.initial_size > pool:
+        raise ConfigError(f"initial_size: {exp.initial_size} is more than the {pool} train images of {source}")
+    if exp.initial_size == pool and exp.cycles > 1 and exp.labeling == "oracle":
+        raise ConfigError(f"initial_size: {exp.initial_size} labels all {pool} train images of {source}: nothing left to select")
+
+
+def check_cluster_storage(exp: ExperimentConfig) -> None:
+    """Cluster steps run in separate pods and share only the artifact store: it must be ``s3://``."""
+    if not store.is_s3(exp.store_root or ""):
+        got = f"'{exp.store_root}'" if exp.store_root else f"unset, i.e. pod-local 'runs/{exp.name}'"
+        raise ConfigError(
+            f"store_root: a cluster pipeline needs an s3:// store_root (got {got}: each step would lose the others' "
+            "outputs); set store_root, or compile with --local for kfp.local"
+        )
+    if exp.dataset.uri and not store.is_s3(exp.dataset.uri):
+        raise ConfigError(f"dataset.uri: a cluster pipeline needs an s3:// dataset (got pod-local '{exp.dataset.uri}'); "
+                          "or compile with --local")

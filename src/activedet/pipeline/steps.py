@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 from activedet import store
-from activedet.config import load_config
 from activedet.pipeline import plan
 from activedet.pipeline.experiment import ExperimentConfig, experiment_from_json
 from activedet.pipeline.layout import RunLayout
@@ -170,11 +169,10 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     uri = tracking_uri(exp)
     stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard) if uri and cycle_run_id else ""
     module = stage_module(stage)
-    mapping = plan.stage_config(
-        stage, exp, run_root, cycle, shard=shard, budget=None if budget < 0 else budget,
-        tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None,
+    upstream = {"score-unlabeled": {"shard": shard}, "select-batch": {"budget": None if budget < 0 else budget}}.get(stage, {})
+    config = plan.stage_config(
+        stage, exp, run_root, cycle, tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None, **upstream
     )
-    config = load_config(module.Config, mapping, where=f"pipeline step {stage} (cycle {cycle})")
     where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{exp.acquisition.shards}" if stage == "score-unlabeled" else "")
     log.info("▶ %s: started", where)
     t0 = time.monotonic()

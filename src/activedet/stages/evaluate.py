@@ -12,15 +12,25 @@ from __future__ import annotations
 import csv
 import io
 import logging
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field, model_validator
 
 from activedet import schema, store
-from activedet.config import StageConfig
+from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
+from activedet.models.evaluation import STAT_NAMES
+
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
 
 log = logging.getLogger(__name__)
+
+NAME = "evaluate"
+IMAGE = "gpu"
+#: metric names of ``metrics.json`` a run may stop on or promote by (the "AP family")
+METRICS = (*STAT_NAMES, "AP_rare")
 
 
 class Config(StageConfig):
@@ -46,6 +56,14 @@ class Config(StageConfig):
         if (self.checkpoint_uri is None) == (self.predictions_uri is None):
             raise ValueError("give exactly one of checkpoint_uri and predictions_uri")
         return self
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
+    """COCO AP of cycle ``cycle``'s model (student with SSL, else teacher) on the val split."""
+    return config_from(
+        Config, exp, where=f"{NAME} (cycle {cycle})", fields={"device": "device"},
+        checkpoint_uri=layout.model(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), output_uri=layout.eval(cycle),
+    )
 
 
 def read_predictions(uri: str):

@@ -15,11 +15,19 @@ Writes, atomically under ``output_uri``:
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import Field
 
-from activedet.config import StageConfig
+from activedet.config import StageConfig, config_from
+from activedet.errors import ConfigError
+
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
+NAME = "generate-pseudo-labels"
+IMAGE = "gpu"
 
 
 class Config(StageConfig):
@@ -45,6 +53,34 @@ class Config(StageConfig):
     )
     quality_report: bool = Field(True, description="compare pseudo-labels with the pool's ground truth when it has any")
     seed: int = Field(0, description="seed for pool subsampling and filter estimation subsets")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
+    """Cycle ``cycle``'s pseudo-labels: the teacher on the pool, the experiment's filter."""
+    check_filter(exp.pseudo_labels.filter, exp.pseudo_labels.params)
+    return config_from(
+        Config, exp, where=f"{NAME} (cycle {cycle})",
+        fields={"filter": "pseudo_labels.filter", "filter_params": "pseudo_labels.params", "min_score": "pseudo_labels.min_score",
+                "max_pool_images": "pseudo_labels.max_pool_images", "device": "device"},
+        teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
+        output_uri=layout.pseudo_labels(cycle), seed=exp.seed + cycle,
+    )
+
+
+def check_filter(name: str, params: dict[str, Any]) -> None:
+    """Fail at load on an unknown filter or bad filter parameters: a dry run on no candidates."""
+    from activedet.ssl.filters import FILTERS, FilterContext, apply_filter
+    from activedet.ssl.pseudo_labels import candidates_from_predictions
+
+    if name not in FILTERS:
+        raise ConfigError(f"pseudo_labels.filter: unknown pseudo-label filter {name!r}; valid: {', '.join(FILTERS.names())}")
+    context = FilterContext(category_ids=[1], labeled_counts={1: 1}, num_labeled_images=1)
+    try:
+        apply_filter(name, candidates_from_predictions([], with_merge_stats=True), context, params)
+    except ConfigError as exc:
+        raise ConfigError(f"pseudo_labels.params: {exc}") from None
+    except TypeError as exc:  # e.g. tau: high
+        raise ConfigError(f"pseudo_labels.params: filter {name!r}: bad parameter value ({exc})") from None
 
 
 def run(config: Config) -> dict:

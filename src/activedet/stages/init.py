@@ -7,18 +7,26 @@ strategy), so every strategy of a comparison starts from the same cycle-0 set.
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 from pydantic import BaseModel, Field
 
 from activedet import store
 from activedet.al import ledger as ledger_mod
-from activedet.config import StageConfig
+from activedet.config import StageConfig, config_from
 from activedet.data.dataset import load_dataset
 from activedet.errors import ActivedetError
 from activedet.tracking import tracker_for
 
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
 log = logging.getLogger(__name__)
+
+NAME = "init"
+IMAGE = "cpu"
 
 
 class Config(StageConfig):
@@ -27,6 +35,12 @@ class Config(StageConfig):
     initial_size: int = Field(ge=0, description="number of train images labeled in cycle 0 (I)")
     seed: int = Field(0, description="random seed of the initial draw")
     split: str = Field("train", description="dataset split forming the active-learning pool")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int = 0) -> Config:
+    """The random initial labeled set of size I (cycle 0's ledger)."""
+    return config_from(Config, exp, where=NAME, fields={"initial_size": "initial_size", "seed": "seed"},
+                       dataset_uri=layout.dataset, output_uri=layout.ledger(0))
 
 
 class Result(BaseModel):

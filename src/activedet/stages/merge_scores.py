@@ -8,21 +8,35 @@ is the pool's image_id order: the result equals a single ``0/1`` run row for row
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 from pydantic import BaseModel, Field
 
 from activedet import schema, store
-from activedet.config import StageConfig
+from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError
 from activedet.stages.score_unlabeled import SCORES_FILE, SCORES_META
 
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
 log = logging.getLogger(__name__)
+
+NAME = "merge-scores"
+IMAGE = "cpu"
 
 
 class Config(StageConfig):
     shard_uris: list[str] = Field(description="output URIs of the score-unlabeled shards (all n of them, any order)")
     output_uri: str = Field(description="output prefix for the merged scores.parquet / scores.json")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
+    """The ``acquisition.shards`` score tables of ``cycle`` into one."""
+    shards = [layout.scores_shard(cycle, i) for i in range(exp.acquisition.shards)]
+    return config_from(Config, exp, where=f"{NAME} (cycle {cycle})", shard_uris=shards, output_uri=layout.scores(cycle))
 
 
 class Result(BaseModel):

@@ -8,22 +8,37 @@ ledger states. Writes a new ledger version (the input ledger is untouched).
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 from pydantic import BaseModel, Field
 
 from activedet import store
 from activedet.al import ledger as ledger_mod
-from activedet.config import StageConfig
+from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError
 from activedet.tracking import tracker_for
 
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
 log = logging.getLogger(__name__)
+
+NAME = "oracle"
+IMAGE = "cpu"
 
 
 class Config(StageConfig):
     ledger_uri: str = Field(description="ledger with pending images (the select-batch output)")
     output_uri: str = Field(description="output prefix for the new ledger")
     selection_uri: str | None = Field(None, description="reveal only this selection's images (default: every pending image)")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
+    """Simulation: reveal the ground truth of the batch select-batch left pending after ``cycle``."""
+    sel = layout.selection(cycle)
+    return config_from(Config, exp, where=f"{NAME} (cycle {cycle})", ledger_uri=sel, selection_uri=sel,
+                       output_uri=layout.ledger(cycle + 1))
 
 
 class Result(BaseModel):

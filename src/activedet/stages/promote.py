@@ -10,15 +10,22 @@ champion's checkpoint (``Result.champion_checkpoint_uri``).
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, Field
 
 from activedet import store
-from activedet.config import StageConfig
+from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
 
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
 log = logging.getLogger(__name__)
+
+NAME = "promote"
+IMAGE = "cpu"
 
 TAG_CHECKPOINT = "activedet.checkpoint_uri"
 TAG_METRIC = "activedet.metric"
@@ -38,6 +45,15 @@ class Config(StageConfig):
     alias: str = Field("champion", description="alias of the promoted model")
     registry_uri: str | None = Field(None, description="MLflow registry URI (default: mlflow_tracking_uri)")
     cycle: int | None = Field(None, description="continuous-mode cycle (recorded as a version tag)")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, *, tracking_uri: str, state_cycle: int) -> Config:
+    """Continuous mode: register cycle ``cycle``'s model, compared by ``stopping.metric``."""
+    return config_from(
+        Config, exp, where=NAME, checkpoint_uri=layout.model(cycle), eval_uri=layout.eval(cycle),
+        metric=f"metrics.{exp.stopping.metric}", model_name=f"{exp.name}-detector", mlflow_tracking_uri=tracking_uri,
+        cycle=state_cycle,
+    )
 
 
 class Result(BaseModel):

@@ -19,7 +19,7 @@ import hashlib
 import logging
 import zlib
 from collections.abc import Callable, Iterable, Iterator
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -28,14 +28,21 @@ from pydantic import BaseModel, Field, field_validator
 from activedet import schema, store
 from activedet.al import ledger as ledger_mod
 from activedet.al.scores import SCORES, AcquisitionScore, build_scorers
-from activedet.config import StageConfig
+from activedet.al.selection import NEEDS_EMBEDDINGS, required_columns
+from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
 from activedet.models.types import ImagePrediction
 from activedet.progress import Progress
 from activedet.tracking import tracker_for
 
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
 log = logging.getLogger(__name__)
 
+NAME = "score-unlabeled"
+IMAGE = "gpu"
 SCORES_FILE = "scores.parquet"
 SCORES_META = "scores.json"
 EMBEDDING = "embedding"
@@ -83,6 +90,23 @@ class Config(StageConfig):
     def _shard_format(cls, value: str) -> str:
         parse_shard(value)
         return value
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, shard: int = 0) -> Config:
+    """Shard ``shard`` of cycle ``cycle``'s pool: the columns the selection strategy reads."""
+    acq = exp.acquisition
+    valid = sorted(set(SCORES.names()) | {EMBEDDING, UNIFIED})
+    if acq.score not in valid:
+        raise ConfigError(f"acquisition.score: unknown acquisition score {acq.score!r}; valid: {', '.join(valid)}")
+    scores = list(dict.fromkeys(required_columns(acq.strategy, acq.score) or [acq.score]))
+    return config_from(
+        Config, exp, where=f"{NAME} (cycle {cycle})",
+        fields={"batch_size": "training.batch_size", "num_workers": "training.num_workers", "device": "device"},
+        spread=("acquisition.score_params",),
+        checkpoint_uri=layout.model(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
+        output_uri=layout.scores_shard(cycle, shard), scores=scores, include_labeled=acq.strategy in NEEDS_EMBEDDINGS,
+        shard=f"{shard}/{acq.shards}",
+    )
 
 
 class Result(BaseModel):

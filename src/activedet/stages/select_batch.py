@@ -17,6 +17,7 @@ an error: the selection is empty, the ledger is carried over, and the result say
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -24,12 +25,21 @@ from pydantic import BaseModel, Field, field_validator
 
 from activedet import schema, store
 from activedet.al import ledger as ledger_mod
-from activedet.al.selection import STRATEGIES, SelectionInput, SelectionParams, select
-from activedet.config import StageConfig
+from activedet.al.scores import SCORES
+from activedet.al.selection import RANKS_BY_SCORE, STRATEGIES, SelectionInput, SelectionParams, select
+from activedet.config import StageConfig, config_from
+from activedet.errors import ConfigError
 from activedet.stages.score_unlabeled import SCORES_FILE
 from activedet.tracking import tracker_for
 
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
 log = logging.getLogger(__name__)
+
+NAME = "select-batch"
+IMAGE = "cpu"
 
 SELECTION_FILE = "selection.parquet"
 SELECTION_META = "selection.json"
@@ -57,6 +67,23 @@ class Config(StageConfig):
         if value not in STRATEGIES:
             raise ValueError(f"unknown selection strategy {value!r}; valid: {', '.join(STRATEGIES.names())}")
         return value
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, budget: int | None = None) -> Config:
+    """The batch selected after cycle ``cycle`` (``budget``: the cycle summary's, default B)."""
+    acq = exp.acquisition
+    if acq.strategy in RANKS_BY_SCORE and acq.score not in SCORES:
+        raise ConfigError(
+            f"acquisition.score: strategy {acq.strategy!r} ranks by a score column and {acq.score!r} is not one "
+            f"(columns: {', '.join(SCORES.names())}; Elezi's combined score is strategy: unified)"
+        )
+    return config_from(
+        Config, exp, where=f"{NAME} (cycle {cycle})",
+        fields={"strategy": "acquisition.strategy", "score": "acquisition.score", "seed": "seed", "device": "device"},
+        spread=("acquisition.strategy_params",),
+        dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), scores_uri=layout.scores(cycle),
+        output_uri=layout.selection(cycle), budget=exp.budget if budget is None else budget, cycle=cycle + 1,
+    )
 
 
 class Result(BaseModel):

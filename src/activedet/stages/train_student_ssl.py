@@ -11,11 +11,18 @@ background unless disabled. Checkpoints, resume, progress and MLflow behave as i
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import Field
 
-from activedet.config import FrozenModel, StageConfig
+from activedet.config import FrozenModel, StageConfig, config_from
+
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
+
+NAME = "train-student-ssl"
+IMAGE = "gpu"
 
 
 class StrongAugmentation(FrozenModel):
@@ -66,6 +73,20 @@ class Config(StageConfig):
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: none)")
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
+    """Cycle ``cycle``'s student: the teacher's weights, its pseudo-labels, the experiment's SSL settings."""
+    return config_from(
+        Config, exp, where=f"{NAME} (cycle {cycle})",
+        fields={
+            "iterations": "training.student_iterations", "batch_size": "training.batch_size", "lr": "training.student_lr",
+            "labeled_fraction": "ssl.labeled_fraction", "lambda_u": "ssl.lambda_u",
+            "checkpoint_every": "training.checkpoint_every", "num_workers": "training.num_workers", "device": "device",
+        },
+        teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
+        pseudo_labels_uri=layout.pseudo_labels(cycle), output_uri=layout.student(cycle), seed=exp.seed + cycle,
+    )
 
 
 def run(config: Config) -> dict:

@@ -14,15 +14,22 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
 from activedet import store
-from activedet.config import StageConfig
-from activedet.errors import ActivedetError
+from activedet.config import StageConfig, config_from
+from activedet.errors import ActivedetError, ConfigError
+
+if TYPE_CHECKING:
+    from activedet.pipeline.experiment import ExperimentConfig
+    from activedet.pipeline.layout import RunLayout
 
 log = logging.getLogger(__name__)
+
+NAME = "train-teacher"
+IMAGE = "gpu"
 
 
 class Config(StageConfig):
@@ -65,6 +72,41 @@ class Config(StageConfig):
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: none)")
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
+
+
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
+    """Cycle ``cycle``'s teacher: the experiment's training settings, warm start from the previous model."""
+    check_preset(exp.training.preset, exp.training.preset_options)
+    warm = exp.training.warm_start and cycle > 0
+    return config_from(
+        Config, exp, where=f"{NAME} (cycle {cycle})",
+        fields={
+            "preset": "training.preset", "preset_options": "training.preset_options",
+            "iterations": "training.teacher_iterations", "batch_size": "training.batch_size", "lr": "training.lr",
+            "checkpoint_every": "training.checkpoint_every", "num_workers": "training.num_workers", "device": "device",
+            "min_backbone_match": "training.min_backbone_match",  # backbone_weights: a warm start has them already
+            **({} if warm else {"init_checkpoint_uri": "training.init_checkpoint", "backbone_weights": "training.backbone_weights"}),
+        },
+        dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), output_uri=layout.teacher(cycle),
+        seed=exp.seed + cycle, **({"init_checkpoint_uri": layout.model(cycle - 1)} if warm else {}),
+    )
+
+
+def check_preset(preset: str, options: dict[str, Any]) -> None:
+    """Fail at load on an unknown preset or preset option (the names its factory accepts)."""
+    import inspect
+
+    from activedet.models.presets import PRESETS
+
+    if preset not in PRESETS:
+        raise ConfigError(f"training.preset: unknown detector preset {preset!r}; valid: {', '.join(PRESETS.names())}")
+    params = inspect.signature(PRESETS.get(preset)).parameters
+    if any(p.kind is p.VAR_KEYWORD for p in params.values()):
+        return
+    valid = sorted(n for n in params if n != "num_classes")
+    bad = sorted(set(options) - set(valid))
+    if bad:
+        raise ConfigError(f"training.preset_options.{bad[0]}: not an option of preset {preset!r} (valid: {', '.join(valid)})")
 
 
 class Result(BaseModel):
