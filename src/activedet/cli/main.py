@@ -15,7 +15,7 @@ from activedet import __version__
 from activedet.errors import ActivedetError
 
 #: command-group modules under activedet.cli, each exposing ``register(subparsers)``
-GROUPS = ("data", "stage", "predict", "labels", "pipeline", "schedule")
+GROUPS = ("data", "stage", "predict", "labels", "pipeline", "init_config", "schedule")
 
 
 class _Parser(argparse.ArgumentParser):

@@ -30,9 +30,41 @@ log = logging.getLogger(__name__)
 
 #: Lines of the pipeline's output worth showing; the rest (kfp.local's executor-input dumps and
 #: component loading chatter) goes only to ``<run dir>/pipeline.log``.
-_SHOW = re.compile(r"▶|✔|■|ETA|Traceback|Error|ERROR|WARNING|FAILURE")
+_SHOW = re.compile(r"▶|✔|■|ETA|WARNING")
 _EXECUTOR_PREFIX = re.compile(r"^\s*\[KFP Executor (\d{4}-\d\d-\d\d )?(?P<time>[\d:]+),\d+ (?P<level>\w+)\]: ")
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_FAILED_TASK = re.compile(r"Inner task failed: '([^']+)'")
+_TASK_FAILURE = re.compile(r"Task '([^']+)' finished with status FAILURE")
+_EXCEPTION = re.compile(r"^(?:[A-Za-z_][\w.]*\.)?(?P<type>[A-Za-z_]\w*(?:Error|Exception|Interrupt)): (?P<msg>.+)$")
+
+
+def failure_summary(lines: list[str], message: str) -> tuple[str, str]:
+    """(failing task, its one-line error) from the tail of kfp.local's output.
+
+    The task is the innermost one kfp.local names; the error is the last exception line of the
+    task's traceback (activedet's errors are already one actionable line; any other exception is
+    a bug and is labelled with its type).
+    """
+    plain = [_ANSI.sub("", line) for line in lines]
+    m = _FAILED_TASK.search(_ANSI.sub("", message))
+    task = m.group(1) if m else next((t.group(1) for line in reversed(plain) if (t := _TASK_FAILURE.search(line))), "a task")
+    for line in reversed(plain):
+        text = _EXECUTOR_PREFIX.sub("", line).strip()
+        e = _EXCEPTION.match(text)
+        if e and "finished with status" not in text:
+            kind, msg = e.group("type"), e.group("msg").strip()
+            known = kind.endswith("Error") and any(kind == c.__name__ for c in _activedet_errors())
+            return task, msg if known else f"{kind}: {msg}"
+    return task, "no error message in its output"
+
+
+def _activedet_errors() -> list[type]:
+    out, todo = [], [ActivedetError]
+    while todo:
+        cls = todo.pop()
+        out.append(cls)
+        todo.extend(cls.__subclasses__())
+    return out
 
 
 class _PipelineOutput(io.TextIOBase):
@@ -40,7 +72,7 @@ class _PipelineOutput(io.TextIOBase):
 
     def __init__(self, log_file, terminal, *, verbose: bool):
         self.log_file, self.terminal, self.verbose = log_file, terminal, verbose
-        self.tail: deque[str] = deque(maxlen=60)
+        self.tail: deque[str] = deque(maxlen=400)
         self._partial = ""
 
     def writable(self) -> bool:
@@ -109,7 +141,8 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None, *, verbo
     """Run the whole pipeline through ``kfp.local`` (SubprocessRunner, current Python environment).
 
     The terminal shows per-stage progress; kfp.local's full output goes to ``<run dir>/pipeline.log``
-    (``verbose=True`` shows all of it).
+    (``verbose=True`` shows all of it). A failed task raises one :class:`ActivedetError` line: the
+    failing stage, its error and the log's path (no traceback, no terminal colour codes).
     """
     from kfp import local
 
@@ -128,8 +161,8 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None, *, verbo
             pipeline(experiment=exp.to_json(), run_root=run_root)
     except RuntimeError as exc:  # kfp.local's way of reporting a failed task
         outcome.state = "FAILED"
-        sys.stderr.write("".join(f"  | {line}\n" for line in list(output.tail)[-25:]))
-        raise ActivedetError(f"pipeline run failed: {str(exc).splitlines()[0]} (full log: {log_path})") from None
+        task, error = failure_summary(list(output.tail), str(exc))
+        raise ActivedetError(f"stage {task} failed: {error} (full log: {log_path})") from None
     outcome.rows = report.read_rows(outcome.layout)
     curve = store.join(run_root, "summary", "budget_curve.png")
     if not store.is_s3(curve) and store.exists(curve):
