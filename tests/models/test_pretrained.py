@@ -66,6 +66,11 @@ def test_imagenet_lite0_trains_offline_with_frozen_stem_and_provenance(synth_dat
                          ("bn1.weight", "_bn0.weight"), ("blocks.1.1.conv_dw.weight", "_blocks.2._depthwise_conv.weight")]:
         assert torch.equal(body.state_dict()[ours], lite0_state[theirs]), ours  # frozen: unchanged by training
     assert not torch.equal(body.state_dict()["blocks.2.0.conv_pw.weight"], lite0_state["_blocks.3._expand_conv.weight"])
+    # a model started from this checkpoint records where that one started
+    det = build_detector("lite0_fpn", category_ids=[1], class_names=["x"], **meta["options"])
+    record = load_init_checkpoint(det, str(out))
+    assert record["inherited"]["backbone_weights"]["sha256"] == _sha(lite0_file())
+    assert record["report"]["predictor_reinitialised"] is True and record["sha256"] == _sha(out / "model.safetensors")
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])

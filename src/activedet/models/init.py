@@ -205,4 +205,5 @@ def load_init_checkpoint(
     _check_share(report, what=f"init_checkpoint {spec}", min_backbone_match=min_backbone_match)
     meta = record.pop("meta", {})
     parents = [p for p in [*meta.get("parent_run_ids", []), meta.get("mlflow_run_id")] if p]
-    return {**record, "report": report.to_dict(), "parent_run_ids": parents}
+    inherited = {"inherited": meta["weights_init"]} if meta.get("weights_init") else {}  # where that model started
+    return {**record, "report": report.to_dict(), **inherited, "parent_run_ids": parents}
