@@ -43,10 +43,11 @@ def test_class_without_boxes_is_refused(make_synth, tmp_path):
     from activedet.data.dataset import write_dataset_tables
 
     ds = load_dataset(make_synth(sequences=4, frames=2, val_fraction=0.25, test_fraction=0.0))
-    cats = pa.concat_tables([ds.categories, pa.table({"id": pa.array([99], pa.int32()), "name": ["unicorn"]})])
+    extra = pa.table({"id": pa.array([99], pa.int32()), "name": ["unicorn"]}).cast(ds.categories.schema)
+    cats = pa.concat_tables([ds.categories, extra])
     images = ds.images.set_column(1, "uri", pa.array([ds.resolve_uri(u) for u in ds.images.column("uri").to_pylist()]))
     out = str(tmp_path / "with-empty-class")
     with store.OutputWriter(out) as w:
         write_dataset_tables(w, images, ds.boxes, cats, {})
-    with pytest.raises(ConfigError, match=r"class 'unicorn' \(id 99\) .* has no boxes at all"):
+    with pytest.raises(ConfigError, match=r"'unicorn' \(id 99\) of .* has no boxes at all"):
         check_run_ready(load_dataset(out), initial_size=2)
