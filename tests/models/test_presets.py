@@ -6,7 +6,7 @@ from activedet.models.presets import PRESETS, build_model
 from activedet.models.roi_heads import DropoutTwoMLPHead, MCDropout, WeightedRoIHeads
 
 
-@pytest.mark.parametrize("preset", ["tiny", "mobilenet_v3_fpn", "resnet50_fpn"])
+@pytest.mark.parametrize("preset", ["tiny", "lite0_fpn", "mobilenet_v3_fpn", "resnet50_fpn"])
 def test_presets_build_with_num_classes_and_dropout_head(preset):
     model = build_model(preset, num_classes=6)
     rh = model.roi_heads
@@ -35,7 +35,7 @@ def test_tiny_forward_shapes():
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ConfigError, match="valid: mobilenet_v3_fpn, resnet50_fpn, tiny"):
+    with pytest.raises(ConfigError, match="valid: lite0_fpn, mobilenet_v3_fpn, resnet50_fpn, tiny"):
         build_model("yolo", num_classes=3)
 
 
@@ -46,3 +46,15 @@ def test_unknown_option_is_a_config_error():
 
 def test_registry_names():
     assert {"tiny", "mobilenet_v3_fpn", "resnet50_fpn"} <= set(PRESETS.names())
+
+
+def test_lite0_forward_shapes_and_pretrained_options_roundtrip():
+    torch.manual_seed(0)
+    model = build_model("lite0_fpn", num_classes=4, frozen_bn=True, freeze_at=2).eval()
+    with torch.no_grad():
+        feats = model.backbone(torch.rand(1, 3, 128, 256))
+        out = model([torch.rand(3, 128, 256)])
+    assert [tuple(f.shape[-2:]) for f in feats.values()] == [(16, 32), (8, 16), (4, 8)]  # strides 8/16/32
+    assert out[0]["class_probs"].shape[1] == 4
+    with pytest.raises(ConfigError, match="freeze_at must be 0..5"):
+        build_model("lite0_fpn", num_classes=4, freeze_at=6)
