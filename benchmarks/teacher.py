@@ -37,6 +37,7 @@ from common import RESULTS_DIR, fmt_pm, format_table, machine, mean_std, progres
 
 TRAFFIC_CAMS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "traffic-cams"
 README = Path(__file__).resolve().parent / "README.md"
+TOP_README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- teacher:begin (rendered by benchmarks/teacher.py --render) -->", "<!-- teacher:end -->"
 
 #: model name -> (preset, backbone_weights, lr)
@@ -214,8 +215,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def render(payload: dict) -> str:
-    """The Markdown summary (results/teacher.md and the README block), from the JSON payload."""
+def render(payload: dict, *, compact: bool = False) -> str:
+    """The Markdown summary (results/teacher.md and the README blocks), from the JSON payload;
+    ``compact`` leaves out the per-class tables (the top-level README)."""
     rows = payload["summary"]
     cols = ["dataset", "model", "seeds", "iterations", "train_s", "AP", "AP50"]
     table = [{**r, "AP": fmt_pm(r["AP"], r["AP_std"], 3), "AP50": fmt_pm(r["AP50"], r["AP50_std"], 3),
@@ -231,7 +233,7 @@ def render(payload: dict) -> str:
         format_table(table, cols, ["dataset", "model", "seeds", "iterations", "train s", "AP", "AP50"]),
         "",
     ]
-    for dataset in DATASETS:
+    for dataset in [] if compact else DATASETS:
         rs = [r for r in rows if r["dataset"] == dataset]
         ks = [k for k in classes if any(r.get(k) is not None for r in rs)]
         if rs and ks:
@@ -253,14 +255,17 @@ def render(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_readme_block(text: str, readme: Path = README) -> None:
+def write_readme_block(text: str, readme: Path = README, *, append: bool = True) -> None:
+    """Replace the block between the teacher markers of ``readme`` (append a section when absent and ``append``)."""
     body = readme.read_text()
     block = f"{BEGIN}\n{text}{END}"
     if BEGIN in body and END in body:
         head, rest = body.split(BEGIN, 1)
         body = head + block + rest.split(END, 1)[1]
-    else:
+    elif append:
         body = body.rstrip() + "\n\n## Teacher initialisation (`teacher.py`)\n\n" + block + "\n"
+    else:
+        return
     readme.write_text(body)
 
 
@@ -313,6 +318,7 @@ def main(argv: list[str] | None = None) -> int:
     (args.out / "teacher.md").write_text(text)
     if not args.no_readme and args.out == RESULTS_DIR:
         write_readme_block(text)
+        write_readme_block(render(payload, compact=True), TOP_README, append=False)
     sys.stdout.write(text)
     return 0
 
