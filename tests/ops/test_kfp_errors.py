@@ -136,3 +136,48 @@ def test_probe_sends_the_projected_token(tmp_path, monkeypatch):
     finally:
         httpd.shutdown()
         httpd.server_close()
+
+
+def test_submit_sends_namespace_and_service_account(tmp_path, capsys):
+    """The working path against a loopback server speaking the KFP v2beta1 JSON API."""
+    bodies = []
+
+    class Handler(BaseHTTPRequestHandler):
+        def _json(self, obj):
+            body = json.dumps(obj).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self):
+            if self.path.startswith("/apis/v2beta1/healthz"):
+                return self._json({"multi_user": True})
+            if self.path.startswith("/apis/v2beta1/experiments"):
+                return self._json({"experiments": [{"experiment_id": "exp-1", "display_name": "activedet"}], "total_size": 1})
+            return self._json({})
+
+        def do_POST(self):
+            bodies.append((self.path, json.loads(self.rfile.read(int(self.headers["Content-Length"])))))
+            return self._json({"run_id": "run-42"})
+
+        def log_message(self, *args):
+            pass
+
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    cfg = tmp_path / "exp.yaml"
+    cfg.write_text("name: kfp-ok\ndataset: {uri: s3://b/ds}\nstore_root: s3://b/runs\ninitial_size: 2\nbudget: 2\ncycles: 1\n"
+                   "kubernetes: {service_account: pipeline-runner, image_pull_secrets: [regcred]}\n")
+    try:
+        host = f"http://127.0.0.1:{httpd.server_address[1]}"
+        assert main(["submit", str(cfg), "--host", host, "--namespace", "team-a", "--run-name", "r1"]) == 0
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "submitted run run-42 (r1)" in capsys.readouterr().out
+    path, run = next((p, b) for p, b in bodies if p.startswith("/apis/v2beta1/runs"))
+    assert run["service_account"] == "pipeline-runner" and run["experiment_id"] == "exp-1"
+    executors = run["pipeline_spec"]["platform_spec"]["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    assert executors and all(e["imagePullSecret"][0]["secretName"] == "regcred" for e in executors.values())
