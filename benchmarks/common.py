@@ -19,6 +19,7 @@ import math
 import os
 import platform
 import resource
+import sys
 import time
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -32,55 +33,8 @@ RESULTS_DIR = Path(__file__).resolve().parent / "results"
 # --------------------------------------------------------------------------- label efficiency
 
 
-def _curve(budgets: Sequence[float], metrics: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
-    b = np.asarray(budgets, dtype=np.float64)
-    p = np.asarray(metrics, dtype=np.float64)
-    if b.shape != p.shape or b.ndim != 1:
-        raise ValueError(f"budget curve: budgets {b.shape} and metrics {p.shape} must be 1-D and equal length")
-    if len(b) and np.any(np.diff(b) <= 0):
-        raise ValueError(f"budget curve: budgets must be strictly increasing, got {b.tolist()}")
-    return b, p
-
-
-def metric_at(budgets: Sequence[float], metrics: Sequence[float], at: float) -> float:
-    """The metric once ``at`` % of the pool is labeled (linear interpolation; NaN outside)."""
-    b, p = _curve(budgets, metrics)
-    if not len(b) or at < b[0] - 1e-9 or at > b[-1] + 1e-9:
-        return float("nan")
-    return float(np.interp(at, b, p))
-
-
-def auc_at(budgets: Sequence[float], metrics: Sequence[float], upto: float | None = None) -> float:
-    """Trapezoidal area under the budget curve from its first point up to ``upto`` % labeled.
-
-    ``upto=None`` integrates over the whole curve. NaN when ``upto`` is beyond the last point
-    or before the first. Units: metric x percentage points.
-    """
-    b, p = _curve(budgets, metrics)
-    if not len(b):
-        return float("nan")
-    if upto is None:
-        upto = float(b[-1])
-    if upto < b[0] - 1e-9 or upto > b[-1] + 1e-9:
-        return float("nan")
-    keep = b < upto - 1e-9
-    xs = np.append(b[keep], upto)
-    ys = np.append(p[keep], np.interp(upto, b, p))
-    return float(np.sum(np.diff(xs) * (ys[:-1] + ys[1:]) / 2.0))
-
-
-def labels_to_reach(labels: Sequence[int], metrics: Sequence[float], target: float) -> float:
-    """Fewest labeled images at which the curve reaches ``target`` (linear interpolation between
-    cycles; NaN when it never does)."""
-    x = np.asarray(labels, dtype=np.float64)
-    y = np.asarray(metrics, dtype=np.float64)
-    for i in range(len(y)):
-        if y[i] >= target:
-            if i == 0 or y[i] == y[i - 1]:
-                return float(x[i])
-            frac = (target - y[i - 1]) / (y[i] - y[i - 1])
-            return float(x[i - 1] + frac * (x[i] - x[i - 1]))
-    return float("nan")
+# One implementation, the product's: the pipeline reports the same quantities for every run.
+from activedet.al.budget import auc_at, labels_to_reach, metric_at, paired_bootstrap, verdict  # noqa: E402,F401
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
@@ -197,6 +151,28 @@ def write_results(name: str, payload: dict, rows: list[dict], out_dir: Path | No
         for r in rows:
             w.writerow({k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in r.items()})
     return jpath, cpath
+
+
+FIGURE_COLUMNS = ["section", "name", "value", "unit", "baseline", "baseline_value", "ratio"]
+FIGURE_HEADERS = ["section", "figure", "value", "unit", "baseline", "baseline value", "ratio"]
+
+
+def figures_payload(benchmark: str, args, started: float, load0: float, rows: list[dict]) -> dict:
+    """The JSON payload of a figures benchmark: command, machine, load, wall time, settings, rows."""
+    return {"benchmark": benchmark, "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+            "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
+            "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}
+
+
+def write_figures(name: str, payload: dict, rows: list[dict], out_dir: Path, header: str) -> str:
+    """Write ``<name>.json`` / ``.csv`` and ``<name>.md`` (``header``, then the figures table); print the table."""
+    jpath, cpath = write_results(name, payload, rows, out_dir)
+    table = format_table(rows, FIGURE_COLUMNS, FIGURE_HEADERS)
+    (Path(out_dir) / f"{name}.md").write_text(f"{header}\n\n{table}\n")
+    print()
+    print(table)
+    print(f"\n{len(rows)} figures in {payload['seconds']:.0f} s -> {jpath} and {cpath}")
+    return table
 
 
 def _json_default(o):

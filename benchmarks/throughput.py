@@ -46,14 +46,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     RESULTS_DIR,
-    format_table,
-    machine,
+    figures_payload,
     peak_rss_mb,
     progress,
     rate,
     rss_mb,
     timer,
-    write_results,
+    write_figures,
 )
 
 SECTIONS = ("parquet", "s3", "coreset", "inference", "scoring")
@@ -568,22 +567,12 @@ def main(argv=None) -> dict:
                     ds_ids = ds_ids or _dataset(args, tmp)
                     rows += (bench_inference if section == "inference" else bench_scoring)(args, tmp, ds_ids)
             progress(f"== {section} done in {t():.1f} s")
-    payload = {"benchmark": "throughput", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-               "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
-               "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}, "rows": rows}
-    jpath, cpath = write_results(args.name, payload, rows, args.out)
-    table = format_table(rows, ["section", "name", "value", "unit", "baseline", "baseline_value", "ratio"],
-                         ["section", "figure", "value", "unit", "baseline", "baseline value", "ratio"])
+    payload = figures_payload("throughput", args, started, load0, rows)
     m = payload["machine"]
-    (args.out / f"{args.name}.md").write_text(
-        f"Command: `{payload['command']}`  \nMachine: {m.get('cpu_model')} ({m.get('cpus')} CPUs, {m.get('mem_gb')} GB), "
-        f"torch {m.get('torch')} ({m.get('torch_threads')} threads), CUDA: {m.get('cuda')}; load average at start "
-        f"{load0}; wall time {payload['seconds'] / 60:.1f} min. Ratio = ours / baseline (core-set: baseline / ours).\n\n"
-        f"{table}\n"
-    )
-    print()
-    print(table)
-    print(f"\n{len(rows)} figures in {payload['seconds']:.0f} s -> {jpath} and {cpath}")
+    write_figures(args.name, payload, rows, args.out,
+                  f"Command: `{payload['command']}`  \nMachine: {m.get('cpu_model')} ({m.get('cpus')} CPUs, {m.get('mem_gb')} GB), "
+                  f"torch {m.get('torch')} ({m.get('torch_threads')} threads), CUDA: {m.get('cuda')}; load average at start "
+                  f"{load0}; wall time {payload['seconds'] / 60:.1f} min. Ratio = ours / baseline (core-set: baseline / ours).")
     return payload
 
 

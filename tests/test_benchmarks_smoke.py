@@ -13,6 +13,7 @@ BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
 import common  # noqa: E402
+import import_images  # noqa: E402
 import label_efficiency as le  # noqa: E402
 import throughput  # noqa: E402
 
@@ -130,6 +131,14 @@ def test_throughput_parquet_smoke_writes_results(tmp_path):
     assert any("write" in n for n in names) and any("read" in n for n in names)
     assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in data["rows"])
     assert (tmp_path / "tp.csv").read_text().startswith("section,name,value")
+
+
+def test_import_images_smoke_writes_results(tmp_path):
+    payload = import_images.main(["--smoke", "--only", "local", "--out", str(tmp_path), "--name", "ii"])
+    names = [r["name"] for r in payload["rows"]]
+    assert any("probe headers (" in n for n in names) and any("import_coco" in n for n in names)
+    assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in payload["rows"])
+    assert (tmp_path / "ii.md").read_text().count("img/s") == len(names)
 
 
 def test_label_efficiency_smoke_runs_the_loop(tmp_path):

@@ -398,3 +398,16 @@ def _tiny_png() -> bytes:
     buf = io.BytesIO()
     Image.new("RGB", (7, 5)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def test_data_after_the_end_marker_is_not_truncation(coco128, tmp_path):
+    """Phones append a video after a JPEG's end-of-image marker ("motion photos"): still a complete image."""
+    from activedet.data.checks import probe_images
+
+    src = (coco128 / "images" / "train2017" / "000000000009.jpg").read_bytes()
+    (tmp_path / "motion.jpg").write_bytes(src + b"ftypmp42" + bytes(5000))
+    cut = src[: src.rindex(b"\xff\xd9")]
+    (tmp_path / "cut.jpg").write_bytes(cut + bytes(300))  # zero padding where the end marker should be
+    motion, padded = probe_images(str(tmp_path), [str(tmp_path / "motion.jpg"), str(tmp_path / "cut.jpg")])
+    assert motion.size == (640, 480) and motion.problem is None
+    assert padded.problem == "truncated JPEG (no end-of-image marker)"

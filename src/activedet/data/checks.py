@@ -180,12 +180,24 @@ def _first_line(exc: BaseException) -> str:
     return text[0] if text else type(exc).__name__
 
 
-def _truncation(fmt: str | None, head: bytes, tail: bytes, size: int) -> str | None:
-    """Why a file whose header parsed is nonetheless cut short (None when it looks complete)."""
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk type and its fixed CRC
+
+
+def _truncation(fmt: str | None, head: bytes, tail: bytes, size: int, scan_offset: int, read_all) -> str | None:
+    """Why a file whose header parsed is nonetheless cut short (None when it looks complete).
+
+    The end marker is looked for in the last bytes; only when it is not there is the whole file
+    read, since data after the marker is allowed (phones append a video to "motion photos").
+    JPEG entropy-coded data cannot hold ``FF D9``, so one found after the scan start ends the image.
+    """
     if fmt in ("JPEG", "MPO") and b"\xff\xd9" not in tail:
-        return "truncated JPEG (no end-of-image marker)"
-    if fmt == "PNG" and b"IEND" not in tail:
-        return "truncated PNG (no IEND chunk)"
+        data = head if len(head) >= size else read_all()
+        if data.find(b"\xff\xd9", scan_offset) < 0:
+            return "truncated JPEG (no end-of-image marker)"
+    if fmt == "PNG" and PNG_END not in tail:
+        data = head if len(head) >= size else read_all()
+        if data.find(PNG_END) < 0:
+            return "truncated PNG (no IEND chunk)"
     if fmt == "WEBP" and len(head) >= 8 and size < int.from_bytes(head[4:8], "little") + 8:
         return "truncated WebP (shorter than its RIFF length)"
     if fmt == "BMP" and len(head) >= 6 and size < int.from_bytes(head[2:6], "little"):
@@ -202,6 +214,7 @@ def _parse(head: bytes, tail: bytes, size: int, read_all) -> tuple[tuple[int, in
         try:
             with Image.open(io.BytesIO(head)) as im:
                 dims, fmt = (int(im.width), int(im.height)), im.format
+                scan_offset = int(im.tile[0][2]) if im.tile else 0
             break
         except (UnidentifiedImageError, *errors) as exc:
             if attempt == 0 and len(head) < size:  # a header longer than HEAD_BYTES: read everything
@@ -210,7 +223,7 @@ def _parse(head: bytes, tail: bytes, size: int, read_all) -> tuple[tuple[int, in
             if isinstance(exc, UnidentifiedImageError):
                 return None, "not an image (Pillow cannot identify it)"
             return None, f"unreadable image header ({_first_line(exc)})"
-    problem = _truncation(fmt, head, tail, size)
+    problem = _truncation(fmt, head, tail, size, scan_offset, read_all)
     return (None, problem) if problem else (dims, None)
 
 
