@@ -97,3 +97,12 @@ def test_components_use_the_same_images():
     bases |= {c.component_spec.implementation.container.image for c in vars(make_ops_components()).values()}
     assert bases == {images.gpu_image(), images.cpu_image()}
     assert images.image_tag() in images.gpu_image()
+
+
+def test_cluster_docs_state_kfp_backend_and_argo_minimums():
+    """Issue 19 (8): dsl.Collected needs a recent backend and set_retry misses preemption; say so."""
+    text = (ROOT / "docs/cluster.md").read_text()
+    assert "Kubeflow Pipelines 2.x installed" not in text
+    assert "backend 2.5 or newer" in text and "dsl.Collected" in text
+    assert "retryPolicy" in text and "preempt" in text and "ParallelFor" in text
+    assert "driver >= 580" in text  # the CUDA 13 wheels the GPU image installs
