@@ -314,7 +314,10 @@ def test_schedule_jobs_idempotent_authenticated_and_bounded(rendered, case):
     assert hooks == {"schedule": "post-install,post-upgrade", "unschedule": "pre-delete"}
 
 
-def test_job_images_and_pull_secrets_from_values(rendered):
+def test_job_images_and_pull_secrets_from_values(rendered, tmp_path):
+    """What the schedule Job runs: its image, and the ConfigMap's experiment compiles as it would."""
+    from activedet.ops.continuous import compile_continuous
+
     objs, values = rendered("aws-values.yaml"), _values("aws-values.yaml")
     reg = values["image"]["registry"]
     job = _one(objs, "Job", f"{FULLNAME}-schedule")
@@ -324,6 +327,11 @@ def test_job_images_and_pull_secrets_from_values(rendered):
     assert kube["image_registry"] == reg and kube["image_pull_secrets"] == ["ecr-pull"]
     assert kube["service_account"] == "default-editor" and kube["parallelism"] == 2
     assert kube["gpu_memory_limit"] and kube["cpu_cpu_limit"] and kube["gpu_timeout_seconds"] > 0
+    cfg = tmp_path / "experiment.yaml"
+    cfg.write_text(yaml.safe_dump(exp))
+    package, params = compile_continuous(str(cfg), tmp_path / "continuous.yaml")
+    text = package.read_text()
+    assert f"{reg}/activedet-gpu:0.1.0" in text and "ecr-pull" in text and params["state_root"].startswith("s3://my-team-activedet/")
 
 
 @functools.lru_cache(maxsize=1)
