@@ -63,10 +63,6 @@ def _set(path: str, value):
     return edit
 
 
-def _ann_where(data) -> str:
-    return f"annotation {data['annotations'][0]['id']!r}"
-
-
 def _latin1(data, root):
     data["categories"][0]["name"] = "personne agée"
     return json.dumps(data, ensure_ascii=False).encode("latin-1")
@@ -164,7 +160,7 @@ COCO_CASES = [
     ("width-fraction", _set("images.0.width", 640.5), "width must be an integer, got 640.5"),
     ("width-string", _set("images.0.width", "640"), "width must be an integer, got '640'"),
     ("width-bool", _set("images.0.width", True), "width must be an integer, got True"),
-    ("width-zero", _set("images.0.width", 0), "width must be in [1,"),
+    ("width-zero", _set("images.0.width", 0), "width and height must be > 0, got 0x"),
     ("height-missing", lambda d, r: d["images"][0].pop("height"), "height must be an integer, got None"),
     ("zero-images", _no_images, "no images"),
     # malformed entries

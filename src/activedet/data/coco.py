@@ -156,6 +156,8 @@ def _image_entries(coco_images: list, where: str, root: str, also_root: str | No
         name = img.get("file_name")
         uri = resolve_file(root, name, at, also_root=also_root)
         w, h = img.get("width"), img.get("height")
+        if w == 0 or h == 0:  # not "unknown": a size that cannot be compared with the file's hides resized images
+            raise DatasetImportError(f"{at}: width and height must be > 0, got {w!r}x{h!r} (omit both to take the file's size)")
         size = None if w is None and h is None else (as_int(w, f"{at}: width", lo=1), as_int(h, f"{at}: height", lo=1))
         seq, frame, ours = img.get("sequence_id"), img.get("frame_index"), img.get("activedet_image_id")
         if seq is not None and not isinstance(seq, str):
