@@ -1,0 +1,42 @@
+"""Results pages are rendered from the committed files, and claims are decided by their intervals."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from activedet.al.budget import MIN_PAIRS, auc_at, labels_to_reach, metric_at, paired_bootstrap, verdict
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_and_results_page_match_the_results_files():
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "render_results.py"), "--check"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_budget_metrics_on_a_hand_computed_curve():
+    budgets, ap = [10, 20, 30, 40], [20.0, 30.0, 34.0, 36.0]
+    # trapezoids: 10*(20+30)/2 + 10*(30+34)/2 + 10*(34+36)/2 = 250 + 320 + 350
+    assert auc_at(budgets, ap) == pytest.approx(920.0)
+    assert auc_at(budgets, ap, upto=25) == pytest.approx(250 + 5 * (30 + 32) / 2)
+    assert metric_at(budgets, ap, 35) == pytest.approx(35.0)
+    assert math.isnan(metric_at(budgets, ap, 50))
+    assert labels_to_reach([12, 24, 36, 48], ap, 32.0) == pytest.approx(30.0)
+    assert math.isnan(labels_to_reach([12, 24, 36, 48], ap, 40.0))
+
+
+def test_paired_bootstrap_interval_and_verdicts():
+    mean, lo, hi = paired_bootstrap([1.0, 2.0, 3.0, 2.5, 1.5, 2.0])
+    assert mean == pytest.approx(2.0) and 1.0 < lo < mean < hi < 3.0
+    assert verdict(lo, hi, 6) == "holds"
+    _, lo, hi = paired_bootstrap([-1.0, 2.0, -0.5, 1.5, 0.2])
+    assert lo < 0 < hi and verdict(lo, hi, 5) == "undecided"
+    assert verdict(-3.0, -1.0, 5) == "reversed"
+    assert verdict(1.0, 2.0, MIN_PAIRS - 1).startswith("too few seeds")  # a 3-seed bootstrap settles nothing
+    assert all(math.isnan(x) for x in paired_bootstrap([]))
