@@ -188,6 +188,8 @@ COCO_CASES = [
     ("directory-as-image", _directory_as_image, "not found under"),
     # (finding 4) sizes that disagree with the files
     ("resized-after-labelling", _resized, "2 of 4 image(s) in"),
+    ("width-height-swapped", lambda d, r: d["images"][0].update(width=d["images"][0]["height"], height=d["images"][0]["width"]),
+     "1 of them have width and height swapped (EXIF orientation?"),
 ]
 
 

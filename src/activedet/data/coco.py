@@ -227,9 +227,12 @@ def _check_probes(entries: list[_Entry], probes: list[ImageProbe], where: str, r
     off = [(entries[i], probes[i].size) for i in keep if entries[i].size not in (None, probes[i].size)]
     if off and not rescale_boxes:
         first = ", ".join(f"{e.name!r} (JSON {e.size[0]}x{e.size[1]}, file {s[0]}x{s[1]})" for e, s in off[:3])
+        swapped = sum(e.size == (s[1], s[0]) for e, s in off)
+        note = (f"; {swapped} of them have width and height swapped (EXIF orientation? scaling would distort "
+                "those boxes)") if swapped else ""
         raise DatasetImportError(
             f"{len(off)} of {len(entries)} image(s) in {where} have a width/height that differs from the image file "
-            f"(resized after labelling?): first {first} (use --rescale-boxes to scale their boxes to the files' sizes)"
+            f"(resized after labelling?): first {first}{note} (use --rescale-boxes to scale their boxes to the files' sizes)"
         )
     scale = {e.key: (s[0] / e.size[0], s[1] / e.size[1]) for e, s in off}
     if missing:
