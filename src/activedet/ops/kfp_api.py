@@ -11,6 +11,7 @@ translates API errors of each call the same way.
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import logging
 import os
@@ -107,6 +108,7 @@ def guard(where: str, what: str, fn, *args, **kwargs):
     import kfp_server_api
     import urllib3
 
+    inspect.signature(fn).bind(*args, **kwargs)  # a wrong call is our bug: let its TypeError through as it is
     quiet = _QuietKfpRoot()
     logging.getLogger().addFilter(quiet)
     try:
