@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import uuid
+from pathlib import Path
 
 import pytest
 
@@ -86,3 +87,23 @@ def make_synth(tmp_path):
         return str(out)
 
     return make
+
+
+# --------------------------------------------------------------------------- real photos
+
+# ../shared next to the checkout; CI may clone elsewhere, so also the workspace's shared folder.
+_COCO128_CANDIDATES = (
+    Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "coco128",
+    Path("/work/shared/datasets/coco128"),
+)
+
+
+@pytest.fixture(scope="session")
+def coco128() -> Path:
+    """The real COCO128 files (COCO JSON + images, and YOLO data.yaml + labels)."""
+    env = os.environ.get("ACTIVEDET_COCO128")
+    candidates = [Path(env)] if env else list(_COCO128_CANDIDATES)
+    root = next((c for c in candidates if (c / "instances_train2017.json").is_file()), candidates[0])
+    if not (root / "instances_train2017.json").is_file():
+        pytest.skip(f"coco128 not found at {root} (set ACTIVEDET_COCO128)")
+    return root

@@ -141,6 +141,15 @@ def _transfer_config():
     )
 
 
+def _iter_s3(bucket: str, key_prefix: str, where: str) -> Iterator[dict]:
+    """Every object (``Key``, ``Size``, ``ETag``) whose key starts with ``key_prefix``, page by page."""
+    try:
+        for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key_prefix):
+            yield from page.get("Contents", [])
+    except Exception as exc:
+        raise _s3_error(exc, where, "ListObjectsV2") from exc
+
+
 def _s3_error(exc: Exception, uri: str, operation: str = "") -> StoreError:
     """One actionable :class:`StoreError` for any botocore failure on ``uri``."""
     from botocore import exceptions as bex
@@ -304,13 +313,7 @@ def list_uris(prefix: str) -> list[str]:
     if is_s3(prefix):
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        out: list[str] = []
-        try:
-            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                out.extend(f"s3://{bucket}/{o['Key']}" for o in page.get("Contents", []))
-        except Exception as exc:
-            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
-        return sorted(out)
+        return sorted(f"s3://{bucket}/{o['Key']}" for o in _iter_s3(bucket, key, prefix))
     root = local_path(prefix)
     if not root.is_dir():
         return []
@@ -323,13 +326,8 @@ def list_objects(prefix: str) -> list[dict]:
     if is_s3(prefix):
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        out = []
-        try:
-            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                for o in page.get("Contents", []):
-                    out.append({"uri": f"s3://{bucket}/{o['Key']}", "size": o["Size"], "etag": o["ETag"].strip('"')})
-        except Exception as exc:
-            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
+        out = [{"uri": f"s3://{bucket}/{o['Key']}", "size": o["Size"], "etag": o["ETag"].strip('"')}
+               for o in _iter_s3(bucket, key, prefix)]
         return sorted(out, key=lambda o: o["uri"])
     out = []
     for uri in list_uris(prefix):
@@ -442,12 +440,8 @@ def _relative_listing(prefix: str) -> Iterator[tuple[str, int]]:
     if is_s3(prefix):
         bucket, key = _split_s3(prefix)
         key = key.rstrip("/") + "/" if key else ""
-        try:
-            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=key):
-                for o in page.get("Contents", []):
-                    yield o["Key"][len(key):], int(o["Size"])
-        except Exception as exc:
-            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
+        for o in _iter_s3(bucket, key, prefix):
+            yield o["Key"][len(key):], int(o["Size"])
         return
     root = local_path(prefix)
     if not root.is_dir():
@@ -641,15 +635,10 @@ def _stale_staging(prefix: str) -> list[str]:
         base_key = key.rstrip("/").rpartition("/")[0]
         search = (base_key + "/" if base_key else "") + pattern
         found = set()
-        try:
-            for page in s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=search):
-                for o in page.get("Contents", []):
-                    rel = o["Key"][len(search):]
-                    stem, _, rest = rel.partition("/")
-                    if rest == WRITING_MARKER:
-                        found.add(f"s3://{bucket}/{search}{stem}")
-        except Exception as exc:
-            raise _s3_error(exc, prefix, "ListObjectsV2") from exc
+        for o in _iter_s3(bucket, search, prefix):
+            stem, _, rest = o["Key"][len(search):].partition("/")
+            if rest == WRITING_MARKER:
+                found.add(f"s3://{bucket}/{search}{stem}")
         return sorted(found)
     folder = local_path(parent) if parent else Path(".")
     if not folder.is_dir():

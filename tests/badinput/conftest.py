@@ -1,28 +1,11 @@
-"""Fixtures for the bad-input suite (shared ones come from tests/conftest.py and tests/data)."""
+"""Fixtures for the bad-input suite (``coco128``, ``make_synth`` ... come from tests/conftest.py)."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest
-
-_COCO128_CANDIDATES = (
-    Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "coco128",
-    Path("/work/shared/datasets/coco128"),
-)
-
-
-@pytest.fixture(scope="session")
-def coco128() -> Path:
-    """The real COCO128 files (COCO JSON + images, and YOLO data.yaml + labels)."""
-    env = os.environ.get("ACTIVEDET_COCO128")
-    candidates = [Path(env)] if env else list(_COCO128_CANDIDATES)
-    root = next((c for c in candidates if (c / "instances_train2017.json").is_file()), candidates[0])
-    if not (root / "instances_train2017.json").is_file():
-        pytest.skip(f"coco128 not found at {root} (set ACTIVEDET_COCO128)")
-    return root
 
 
 @pytest.fixture
