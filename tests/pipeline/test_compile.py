@@ -177,7 +177,7 @@ def test_submit_errors_are_one_line_exit_2(tmp_path, capsys):
     cfg.write_text(cfg.read_text() + "store_root: s3://b/runs\n")
     assert main(["submit", str(cfg), "--host", "http://127.0.0.1:9"]) == 2  # nothing listens on port 9
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith("activedet: error: submit to http://127.0.0.1:9 failed")
+    assert len(err) == 1 and err[0].startswith("activedet: error: cannot reach Kubeflow Pipelines at http://127.0.0.1:9")
 
 
 def test_export_labeling_ends_the_run_with_an_export(cluster_experiment, tmp_path, compile_docs):
