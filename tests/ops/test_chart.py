@@ -309,8 +309,12 @@ def test_schedule_jobs_idempotent_authenticated_and_bounded(rendered, case):
         assert projected["audience"] == "pipelines.kubeflow.org" and token.endswith("/" + projected["path"])
         parsed = build_parser().parse_args(args)  # arguments activedet's own CLI accepts
         assert parsed.command == "schedule" and parsed.name == name and parsed.host == values["kfp"]["host"]
+        secrets = {e["valueFrom"]["secretKeyRef"]["name"] for e in pod["spec"]["containers"][0]["env"] if "valueFrom" in e}
         if suffix == "unschedule":
             assert parsed.config == "delete" and not parsed.rest  # by name: every recurring run called `name`
+            assert not secrets  # uninstall must not wait for a Secret
+        else:  # a missing S3 Secret in the pipeline namespace fails the install, not the first run
+            assert secrets == {values["s3"]["credentialsSecret"]["name"]}
     assert hooks == {"schedule": "post-install,post-upgrade", "unschedule": "pre-delete"}
 
 
