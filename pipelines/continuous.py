@@ -12,8 +12,7 @@ import argparse
 import json
 import sys
 
-from activedet.ops.continuous import compile_continuous
-from activedet.ops.pipeline import build_continuous
+from activedet.ops.pipeline import build_continuous, compile_continuous
 
 __all__ = ["build_continuous", "main"]
 

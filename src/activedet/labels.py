@@ -67,7 +67,7 @@ class ImportResult:
 
 
 def _selection_ids(selection_uri: str) -> list[str]:
-    from activedet.stages.select_batch import read_selection
+    from activedet.al.selection import read_selection
 
     return read_selection(selection_uri).column("image_id").to_pylist()
 

@@ -8,6 +8,7 @@ import sys
 import time
 
 from activedet import store
+from activedet.models.train import data_digest
 from activedet.stages import train_teacher
 
 SETTINGS = {"iterations": 24, "batch_size": 2, "checkpoint_every": 4, "warmup_iters": 2, "device": "cpu", "seed": 1}
@@ -50,7 +51,7 @@ def test_resume_after_kill(synth_dataset, tmp_path):
     assert not os.path.exists(os.path.join(out, "_resume"))  # resume state is dropped on commit
     meta = json.loads(open(os.path.join(out, "meta.json")).read())
     assert meta["training"]["resumed_from"] == killed_at
-    assert meta["data_digest"] == train_teacher.data_digest(synth_dataset, meta_ids(synth_dataset))
+    assert meta["data_digest"] == data_digest(synth_dataset, meta_ids(synth_dataset))
 
 
 def meta_ids(uri):

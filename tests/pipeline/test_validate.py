@@ -96,3 +96,18 @@ def test_cluster_compile_refuses_pod_local_storage(tmp_path, capsys):
     assert "store_root" in err and "s3://" in err and "--local" in err and not out.exists()
     assert main(["compile", str(path), "--local", "-o", str(out)]) == 0
     assert out.stat().st_size > 0
+
+
+def test_stage_table_is_the_only_list():
+    """Every stage module declares its name and image; the AL components cover exactly the pipeline stages."""
+    from activedet.pipeline.components import KINDS, STAGE_OF
+    from activedet.stages import STAGES, stage_module
+
+    continuous_only = {"ingest", "import-labels", "promote"}  # components in activedet.ops.pipeline
+    assert set(STAGE_OF.values()) == set(STAGES) - continuous_only
+    for name in STAGES:
+        module = stage_module(name)
+        assert module.NAME == name and module.IMAGE in ("gpu", "cpu")
+    assert {f.__name__ for f, kind in KINDS.items() if kind == "gpu"} == {
+        f.__name__ for f, stage in STAGE_OF.items() if stage_module(stage).IMAGE == "gpu"
+    }

@@ -46,11 +46,20 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
+from activedet import schema, store
 from activedet.al.coreset import k_center_greedy
 from activedet.errors import ActivedetError
 from activedet.registry import Registry
 
 log = logging.getLogger(__name__)
+
+#: the table select-batch commits (schema.SELECTION), read back by the oracle and the label export
+SELECTION_FILE = "selection.parquet"
+
+
+def read_selection(uri: str) -> pa.Table:
+    """Read and validate a committed selection (select-batch's output prefix)."""
+    return schema.validate_selection(store.read_output_table(uri, SELECTION_FILE), where=store.join(uri, SELECTION_FILE))
 
 
 @dataclass(frozen=True)

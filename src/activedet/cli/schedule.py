@@ -24,7 +24,7 @@ from activedet.ops.cron import to_kfp_cron
 
 def default_compiler(config_path: str, out_dir: Path):
     """Compile the continuous-mode pipeline for ``config_path`` (see pipelines/continuous.py)."""
-    from activedet.ops.continuous import compile_continuous
+    from activedet.ops.pipeline import compile_continuous
 
     return compile_continuous(config_path, out_dir / "continuous.yaml")
 

@@ -50,6 +50,14 @@ class TrainingDivergedError(ActivedetError):
     """The loss became NaN or infinite."""
 
 
+def data_digest(dataset_uri: str, image_ids: list[str]) -> str:
+    """sha256 over the dataset URI and the training image ids (provenance in meta.json)."""
+    h = hashlib.sha256(str(dataset_uri).encode())
+    for i in sorted(image_ids):
+        h.update(b"\0" + i.encode())
+    return h.hexdigest()
+
+
 def resume_fingerprint(config, data_digest: str) -> str:
     """Identity of a training run for resuming: its config (minus settings that do not change the
     result) and its data. ``_resume/`` state written under another fingerprint is ignored."""

@@ -1,6 +1,7 @@
 """Continuous mode: each scheduled run is one active-learning cycle on persistent state.
 
-One cycle (``pipelines/continuous.py`` wires the same steps as KFP components)::
+One cycle (:mod:`activedet.ops.pipeline` wires these steps and the shared stages as the KFP DAG,
+which kfp.local runs locally and in the tests)::
 
     begin -> ingest -> import-labels -> train-teacher (warm start from the champion)
       -> generate-pseudo-labels -> train-student-ssl -> evaluate (fixed val split) -> promote
@@ -26,12 +27,11 @@ from __future__ import annotations
 
 import json
 import logging
-from pathlib import Path
 from typing import Any
 
 from activedet import store
 from activedet.ops.state import Champion, StateStore
-from activedet.pipeline.experiment import ExperimentConfig, experiment_from_json, load_experiment
+from activedet.pipeline.experiment import ExperimentConfig, experiment_from_json
 from activedet.pipeline.layout import RunLayout
 
 log = logging.getLogger(__name__)
@@ -155,10 +155,7 @@ def promote_step(experiment_json: str, run_root: str, state_root: str) -> str:
     exp = experiment_from_json(experiment_json)
     lay = RunLayout(run_root, exp)
     cycle = store.read_json(store.join(run_root, BEGIN_FILE))["cycle"]
-    result = promote.run(promote.Config(
-        checkpoint_uri=lay.model(0), eval_uri=lay.eval(0), metric=f"metrics.{exp.stopping.metric}",
-        model_name=f"{exp.name}-detector", mlflow_tracking_uri=_tracking_uri(exp, state_root), cycle=cycle,
-    ))
+    result = promote.run(promote.from_experiment(exp, lay, 0, tracking_uri=_tracking_uri(exp, state_root), state_cycle=cycle))
     return result.model_dump_json()
 
 
@@ -191,27 +188,6 @@ def finish_step(experiment_json: str, run_root: str, state_root: str, promote_re
     return json.dumps({"state_version": committed.version, **entry})
 
 
-def run_cycle(exp: ExperimentConfig, state_root: str, *, source_uri: str, returns_uri: str) -> dict:
-    """Run one continuous-mode cycle in this process (the same steps the KFP pipeline runs)."""
-    from activedet.pipeline.steps import run_stage
-
-    exp_json = exp.to_json()
-    run_root = begin(exp_json, state_root)
-    ingest_step(exp_json, run_root, source_uri)
-    cycle_json = import_labels_step(exp_json, run_root, state_root, returns_uri)
-    run_stage("train-teacher", cycle_json, run_root, 0)
-    if exp.ssl.enabled:
-        run_stage("generate-pseudo-labels", cycle_json, run_root, 0)
-        run_stage("train-student-ssl", cycle_json, run_root, 0)
-    run_stage("evaluate", cycle_json, run_root, 0)
-    promo = promote_step(cycle_json, run_root, state_root)
-    for shard in range(exp.acquisition.shards):
-        run_stage("score-unlabeled", cycle_json, run_root, 0, shard=shard)
-    run_stage("merge-scores", cycle_json, run_root, 0)
-    run_stage("select-batch", cycle_json, run_root, 0, budget=exp.budget)
-    return json.loads(finish_step(cycle_json, run_root, state_root, promo))
-
-
 def pipeline_params(exp: ExperimentConfig, *, state_root: str | None = None, source_uri: str | None = None,
                     returns_uri: str | None = None) -> dict[str, str]:
     """Parameters of the continuous pipeline (defaults under the experiment's store root)."""
@@ -223,17 +199,3 @@ def pipeline_params(exp: ExperimentConfig, *, state_root: str | None = None, sou
         "returns_uri": returns_uri or store.join(root, "returns"),
     }
 
-
-def compile_continuous(config_path: str, output: str | Path, *, platform: bool = True) -> tuple[Path, dict[str, str]]:
-    """Compile the continuous-mode pipeline for an experiment config; returns (package, params)."""
-    from kfp import compiler
-
-    from activedet.ops.pipeline import build_continuous
-
-    from activedet.pipeline.plan import check_cluster_storage
-
-    exp = load_experiment(config_path)
-    if platform:
-        check_cluster_storage(exp)
-    compiler.Compiler().compile(build_continuous(exp, platform=platform), package_path=str(output))
-    return Path(output), pipeline_params(exp)

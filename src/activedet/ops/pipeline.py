@@ -6,18 +6,25 @@ pipeline's components (:func:`activedet.pipeline.components.make_components`) wi
 the cycle's run root, and the same cluster settings (:func:`activedet.pipeline.dag._configure`).
 ``max_concurrency=1`` on the recurring run keeps scheduled runs from overlapping; if two overlap
 anyway (a manual run), the state commit refuses the loser.
+
+Imports go one way: this module (the DAG) uses :mod:`activedet.ops.continuous` (the steps), never
+the reverse. :func:`run_local` runs the same DAG through kfp.local (what the tests run).
 """
 
 # No "from __future__ import annotations": KFP reads the component functions' real annotations.
 import json
+import warnings
+from pathlib import Path
 from types import SimpleNamespace
 
 from kfp import dsl
 
 from activedet import images
+from activedet.ops.continuous import pipeline_params
+from activedet.ops.state import StateStore
 from activedet.pipeline.components import make_components
-from activedet.pipeline.dag import _configure
-from activedet.pipeline.experiment import ExperimentConfig
+from activedet.pipeline.dag import _configure, score_and_merge
+from activedet.pipeline.experiment import ExperimentConfig, load_experiment
 
 
 def begin(experiment: str, state_root: str) -> str:
@@ -34,21 +41,21 @@ def ingest(experiment: str, run_root: str, source_uri: str) -> str:
     return continuous.ingest_step(experiment, run_root, source_uri)
 
 
-def import_labels(experiment: str, run_root: str, state_root: str, returns_uri: str, ingest_result: str) -> str:
+def import_labels(experiment: str, run_root: str, state_root: str, returns_uri: str) -> str:
     """activedet.stages.import_labels: merge returned labels; returns the cycle's experiment JSON."""
     from activedet.ops import continuous
 
     return continuous.import_labels_step(experiment, run_root, state_root, returns_uri)
 
 
-def promote(experiment: str, run_root: str, state_root: str, eval_result: str) -> str:
+def promote(experiment: str, run_root: str, state_root: str) -> str:
     """activedet.stages.promote: move the champion alias only on improvement."""
     from activedet.ops import continuous
 
     return continuous.promote_step(experiment, run_root, state_root)
 
 
-def finish(experiment: str, run_root: str, state_root: str, promote_result: str, select_result: str) -> str:
+def finish(experiment: str, run_root: str, state_root: str, promote_result: str) -> str:
     """Export the batch for labeling and commit the state (loses cleanly to an overlapping run)."""
     from activedet.ops import continuous
 
@@ -67,11 +74,8 @@ def make_ops_components(registry: str | None = None) -> SimpleNamespace:
 
 def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
     """The continuous-mode pipeline for ``exp`` (parameters: experiment, state_root, source_uri, returns_uri)."""
-    from activedet.ops.continuous import pipeline_params
-
     c, o = make_components(exp.kubernetes.image_registry), make_ops_components(exp.kubernetes.image_registry)
     defaults = pipeline_params(exp)
-    shards = list(range(exp.acquisition.shards))
     budget = json.dumps({"budget": exp.budget})
 
     def conf(task):
@@ -86,20 +90,46 @@ def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
     ):
         b = conf(o.begin(experiment=experiment, state_root=state_root))
         ing = conf(o.ingest(experiment=experiment, run_root=b.output, source_uri=source_uri))
-        imp = conf(o.import_labels(experiment=experiment, run_root=b.output, state_root=state_root, returns_uri=returns_uri,
-                                   ingest_result=ing.output))
+        imp = conf(o.import_labels(experiment=experiment, run_root=b.output, state_root=state_root,
+                                   returns_uri=returns_uri).after(ing))
         common = {"experiment": imp.output, "run_root": b.output, "cycle": 0, "cycle_run_id": ""}
         last = teacher = conf(c.train_teacher(**common))
         if exp.ssl.enabled:
             pseudo = conf(c.generate_pseudo_labels(**common).after(teacher))
             last = conf(c.train_student_ssl(**common).after(pseudo))
         ev = conf(c.evaluate(**common).after(last))
-        promo = conf(o.promote(experiment=imp.output, run_root=b.output, state_root=state_root, eval_result=ev.output))
-        with dsl.ParallelFor(shards, name="score-shards", parallelism=exp.kubernetes.parallelism or None) as shard:
-            score = conf(c.score_unlabeled(shard=shard, **common).after(promo))
-        merge = conf(c.merge_scores(shard_results=dsl.Collected(score.output), **common))
+        promo = conf(o.promote(experiment=imp.output, run_root=b.output, state_root=state_root).after(ev))
+        merge = score_and_merge(c, exp, conf, name="score-shards", platform=platform, after=promo, **common)
         select = conf(c.select_batch(finish_result=budget, **common).after(merge))
-        conf(o.finish(experiment=imp.output, run_root=b.output, state_root=state_root, promote_result=promo.output,
-                      select_result=select.output))
+        conf(o.finish(experiment=imp.output, run_root=b.output, state_root=state_root, promote_result=promo.output).after(select))
 
     return continuous
+
+
+def compile_continuous(config_path: str, output: str | Path, *, platform: bool = True) -> tuple[Path, dict[str, str]]:
+    """Compile the continuous-mode pipeline for an experiment config; returns (package, params).
+
+    For a cluster (``platform``) the store must be ``s3://`` (:func:`~activedet.pipeline.plan.check_cluster_storage`).
+    """
+    from kfp import compiler
+
+    from activedet.pipeline.plan import check_cluster_storage
+
+    exp = load_experiment(config_path)
+    if platform:
+        check_cluster_storage(exp)
+    compiler.Compiler().compile(build_continuous(exp, platform=platform), package_path=str(output))
+    return Path(output), pipeline_params(exp)
+
+
+def run_local(exp: ExperimentConfig, state_root: str, *, source_uri: str, returns_uri: str, pipeline_root: str | Path) -> dict:
+    """Run one continuous-mode cycle through kfp.local (the compiled DAG, not a copy); returns its lineage entry."""
+    from kfp import local
+
+    local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(pipeline_root), raise_on_error=True)
+    params = pipeline_params(exp, state_root=state_root, source_uri=source_uri, returns_uri=returns_uri)
+    with warnings.catch_warnings():
+        # kfp.local warns on every task whose image name lacks "python"; here the venv runs them.
+        warnings.filterwarnings("ignore", message=".*non-Python base image", category=RuntimeWarning)
+        build_continuous(exp, platform=False)(**params)
+    return StateStore(state_root).read().lineage[-1]

@@ -6,8 +6,9 @@ package (``install_kfp_package=False``, no ``packages_to_install``). Components 
 experiment JSON, the run root URI, the cycle number and small JSON results, never big artifacts:
 stages find their inputs and outputs through :class:`activedet.pipeline.layout.RunLayout`.
 
-:func:`make_components` binds the functions to images (GPU image for training and scoring,
-CPU image for the rest) from :mod:`activedet.images`.
+:func:`make_components` binds the functions to images from :mod:`activedet.images`: a stage's
+component gets the image its module declares (``IMAGE``, see :mod:`activedet.stages`), the glue
+steps (MLflow runs, cycle summary, export) the CPU image.
 """
 
 # No "from __future__ import annotations": KFP reads the real annotation objects.
@@ -90,8 +91,8 @@ def score_unlabeled(experiment: str, run_root: str, cycle: int, cycle_run_id: st
     return steps.run_stage("score-unlabeled", experiment, run_root, cycle, cycle_run_id, shard=shard)
 
 
-def merge_scores(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard_results: list) -> str:
-    """activedet.stages.merge_scores: the shards' tables into one (shard results only order the DAG)."""
+def merge_scores(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard_results: list = []) -> str:  # noqa: B006
+    """activedet.stages.merge_scores: the shards' tables into one (on a cluster, shard results fan the ParallelFor in)."""
     from activedet.pipeline import steps
 
     return steps.run_stage("merge-scores", experiment, run_root, cycle, cycle_run_id)
@@ -128,24 +129,30 @@ def finish_run(experiment: str, run_root: str, status: dsl.PipelineTaskFinalStat
     return steps.finish_run(experiment, run_root, status.state)
 
 
-#: component function -> "gpu" or "cpu" image
-KINDS = {
-    start_run: "cpu",
-    start_cycle: "cpu",
-    init: "cpu",
-    train_teacher: "gpu",
-    generate_pseudo_labels: "gpu",
-    train_student_ssl: "gpu",
-    evaluate: "gpu",
-    finish_cycle: "cpu",
-    cycle_gate: "cpu",
-    score_unlabeled: "gpu",
-    merge_scores: "cpu",
-    select_batch: "cpu",
-    label_batch: "cpu",
-    export_batch: "cpu",
-    finish_run: "cpu",
+#: component function -> the stage it runs (activedet.stages.STAGES)
+STAGE_OF = {
+    init: "init",
+    train_teacher: "train-teacher",
+    generate_pseudo_labels: "generate-pseudo-labels",
+    train_student_ssl: "train-student-ssl",
+    evaluate: "evaluate",
+    score_unlabeled: "score-unlabeled",
+    merge_scores: "merge-scores",
+    select_batch: "select-batch",
+    label_batch: "oracle",
 }
+#: glue steps around the stages (no stage of their own): CPU image
+GLUE = (start_run, start_cycle, finish_cycle, cycle_gate, export_batch, finish_run)
+
+
+def _kinds() -> dict:
+    from activedet.stages import image_kind
+
+    return {**{f: "cpu" for f in GLUE}, **{f: image_kind(stage) for f, stage in STAGE_OF.items()}}
+
+
+#: component function -> "gpu" or "cpu" image (a stage's from its module's IMAGE)
+KINDS = _kinds()
 
 
 def make_components(registry: str | None = None) -> SimpleNamespace:

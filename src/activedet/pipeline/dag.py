@@ -73,6 +73,29 @@ def _configure(task: dsl.PipelineTask, exp: ExperimentConfig, platform: bool) ->
     return task
 
 
+def score_and_merge(c, exp: ExperimentConfig, conf, *, name: str, platform: bool, after: dsl.PipelineTask | None = None,
+                    **common) -> dsl.PipelineTask:
+    """score-unlabeled over the ``acquisition.shards`` shards, then merge-scores; returns the merge task.
+
+    On a cluster the shards are a ``dsl.ParallelFor`` (``kubernetes.parallelism`` caps how many run at
+    once) fanned in with ``dsl.Collected``. For kfp.local they are unrolled into one task per shard:
+    kfp.local hands upstream task outputs (the continuous cycle's run root) to tasks inside a
+    ParallelFor as 0.0.
+    """
+    shards = list(range(exp.acquisition.shards))
+    if platform:
+        with dsl.ParallelFor(shards, name=name, parallelism=exp.kubernetes.parallelism or None) as shard:
+            score = conf(c.score_unlabeled(shard=shard, **common))
+            if after is not None:
+                score.after(after)
+        return conf(c.merge_scores(shard_results=dsl.Collected(score.output), **common))
+    scores = [conf(c.score_unlabeled(shard=s, **common)) for s in shards]
+    if after is not None:
+        for score in scores:
+            score.after(after)
+    return conf(c.merge_scores(**common).after(*scores))
+
+
 def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
     """The pipeline function (a KFP GraphComponent) for ``exp``.
 
@@ -81,7 +104,6 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
     """
     c = make_components(exp.kubernetes.image_registry)
     ssl = exp.ssl.enabled
-    shards = list(range(exp.acquisition.shards))
 
     def conf(task: dsl.PipelineTask) -> dsl.PipelineTask:
         return _configure(task, exp, platform)
@@ -113,9 +135,7 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                     return
                 gate = conf(c.cycle_gate(finish_result=fin.output))
                 with dsl.If(gate.output == True, name=f"continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
-                    with dsl.ParallelFor(shards, name=f"score-shards-cycle-{k}", parallelism=exp.kubernetes.parallelism or None) as shard:
-                        score = conf(c.score_unlabeled(cycle_run_id=run_id, shard=shard, **common))
-                    merge = conf(c.merge_scores(cycle_run_id=run_id, shard_results=dsl.Collected(score.output), **common))
+                    merge = score_and_merge(c, exp, conf, name=f"score-shards-cycle-{k}", platform=platform, cycle_run_id=run_id, **common)
                     select = conf(c.select_batch(cycle_run_id=run_id, finish_result=fin.output, **common).after(merge))
                     if exp.labeling == "export":  # annotators take days: this run ends with the export
                         conf(c.export_batch(**common).after(select))

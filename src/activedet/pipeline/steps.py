@@ -27,8 +27,6 @@ from activedet.pipeline.layout import RunLayout
 
 log = logging.getLogger("activedet.pipeline")
 
-#: stages whose work runs on the GPU image in a cluster
-GPU_STAGES = ("train-teacher", "generate-pseudo-labels", "train-student-ssl", "score-unlabeled", "evaluate")
 #: metric names copied from the evaluation into the cycle summary (the "AP family")
 AP_KEYS = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR100", "AP_rare")
 

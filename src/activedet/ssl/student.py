@@ -146,9 +146,14 @@ def train_student(config) -> dict:
     from activedet.models.checkpoint import load_detector, write_checkpoint
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
-    from activedet.models.train import ResumeCheckpointer, Trainer, resume_fingerprint, seed_everything
+    from activedet.models.train import (
+        ResumeCheckpointer,
+        Trainer,
+        data_digest,
+        resume_fingerprint,
+        seed_everything,
+    )
     from activedet.ssl.pseudo_labels import read_pseudo_labels, split_sets
-    from activedet.stages.train_teacher import data_digest
     from activedet.tracking import tracker_for
 
     dataset = load_dataset(config.dataset_uri)

@@ -1,7 +1,11 @@
 """Pipeline stages. One module per stage, each with a ``Config`` and a pure ``run(config)``.
 
-The CLI (``activedet stage NAME``), the container entrypoint and the KFP components are thin
-wrappers around ``run``. Inputs and outputs are URIs in the artifact store.
+Each module also declares ``NAME`` and ``IMAGE`` (``"gpu"`` or ``"cpu"``: the image its KFP
+component runs on) and, for stages of the pipelines, ``from_experiment(exp, layout, cycle,
+**upstream) -> Config``: the one place experiment settings map onto that stage's fields.
+:data:`STAGES` is the only list of stages. The CLI (``activedet stage NAME``), the container
+entrypoint and the KFP components are thin wrappers around ``run``. Inputs and outputs are URIs
+in the artifact store.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from types import ModuleType
 
 from activedet.errors import ActivedetError
 
-#: stage name (CLI spelling) -> module under activedet.stages
+#: stage name (CLI spelling) -> module under activedet.stages: the only list of stages
 STAGES: dict[str, str] = {
     "init": "init",
     "train-teacher": "train_teacher",
@@ -34,3 +38,8 @@ def stage_module(name: str) -> ModuleType:
     if key not in STAGES:
         raise ActivedetError(f"unknown stage {name!r}; valid stages: {', '.join(STAGES)}")
     return importlib.import_module(f"activedet.stages.{STAGES[key]}")
+
+
+def image_kind(name: str) -> str:
+    """``"gpu"`` or ``"cpu"``: the image stage ``name`` runs on in a cluster (the module's ``IMAGE``)."""
+    return stage_module(name).IMAGE

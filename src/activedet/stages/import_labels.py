@@ -23,6 +23,9 @@ from activedet.data.dataset import load_dataset, write_dataset_tables
 
 log = logging.getLogger(__name__)
 
+NAME = "import-labels"
+IMAGE = "cpu"
+
 
 class LabelReturn(FrozenModel):
     coco_uri: str = Field(description="returned COCO JSON from the labeling tool")

@@ -30,6 +30,9 @@ from activedet.progress import Progress
 
 log = logging.getLogger(__name__)
 
+NAME = "ingest"
+IMAGE = "cpu"
+
 INGEST_INDEX = "ingested.parquet"
 INDEX_SCHEMA = pa.schema([("uri", pa.string()), ("etag", pa.string()), ("size", pa.int64()), ("image_id", pa.string())])
 DEFAULT_REGEX = r"(?P<sequence_id>[^/]+)/[^/]*?(?P<frame_index>\d+)\.[A-Za-z]+$"

@@ -53,7 +53,7 @@ def run(config: Config) -> Result:
     cycle = ledger_mod.ledger_cycle(ledger, meta)
     pending = ledger_mod.ids_in_state(ledger, "pending")
     if config.selection_uri:
-        from activedet.stages.select_batch import read_selection
+        from activedet.al.selection import read_selection
 
         chosen = read_selection(config.selection_uri).column("image_id").to_pylist()
         not_pending = sorted(set(chosen) - set(pending))

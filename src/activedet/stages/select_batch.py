@@ -26,7 +26,15 @@ from pydantic import BaseModel, Field, field_validator
 from activedet import schema, store
 from activedet.al import ledger as ledger_mod
 from activedet.al.scores import SCORES
-from activedet.al.selection import RANKS_BY_SCORE, STRATEGIES, SelectionInput, SelectionParams, select
+from activedet.al.selection import (  # noqa: F401 (read_selection: re-exported for callers of the stage)
+    RANKS_BY_SCORE,
+    SELECTION_FILE,
+    STRATEGIES,
+    SelectionInput,
+    SelectionParams,
+    read_selection,
+    select,
+)
 from activedet.config import StageConfig, config_from
 from activedet.errors import ConfigError
 from activedet.stages.score_unlabeled import SCORES_FILE
@@ -41,7 +49,6 @@ log = logging.getLogger(__name__)
 NAME = "select-batch"
 IMAGE = "cpu"
 
-SELECTION_FILE = "selection.parquet"
 SELECTION_META = "selection.json"
 
 
@@ -141,8 +148,3 @@ def run(config: Config) -> Result:
     tracker_for(config, run_name="select-batch").log_metrics({"selected": table.num_rows, "pool_size": len(pool)}, step=cycle)
     return Result(selection_uri=config.output_uri, ledger_uri=config.output_uri, cycle=cycle, selected=table.num_rows,
                   pool_size=len(pool), exhausted=exhausted)
-
-
-def read_selection(uri: str) -> pa.Table:
-    """Read and validate a committed selection."""
-    return schema.validate_selection(store.read_output_table(uri, SELECTION_FILE), where=store.join(uri, SELECTION_FILE))

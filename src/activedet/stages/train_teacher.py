@@ -12,7 +12,6 @@ killed run re-run with the same config continue from its last checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -135,14 +134,6 @@ def labeled_ids(dataset, ledger_uri: str | None) -> list[str]:
     return ids
 
 
-def data_digest(dataset_uri: str, image_ids: list[str]) -> str:
-    """sha256 over the dataset URI and the training image ids (provenance in meta.json)."""
-    h = hashlib.sha256(str(dataset_uri).encode())
-    for i in sorted(image_ids):
-        h.update(b"\0" + i.encode())
-    return h.hexdigest()
-
-
 def run(config: Config) -> Result:
     """Train the teacher; returns the checkpoint URI, final loss and speed."""
     from activedet.data.dataset import load_dataset
@@ -150,7 +141,13 @@ def run(config: Config) -> Result:
     from activedet.models.data import DetectionDataset, endless_batches
     from activedet.models.init import load_backbone_weights, load_init_checkpoint, pretrained_options
     from activedet.models.predict import resolve_device
-    from activedet.models.train import ResumeCheckpointer, Trainer, resume_fingerprint, seed_everything
+    from activedet.models.train import (
+        ResumeCheckpointer,
+        Trainer,
+        data_digest,
+        resume_fingerprint,
+        seed_everything,
+    )
     from activedet.tracking import tracker_for
 
     dataset = load_dataset(config.dataset_uri)
