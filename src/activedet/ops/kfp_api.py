@@ -122,7 +122,8 @@ def guard(where: str, what: str, fn, *args, **kwargs):
         raise _unreachable(where, exc) from None
     except (TypeError, ValueError, KeyError, AttributeError) as exc:  # an answer that is not the KFP API's JSON
         log.debug("KFP %s failed", what, exc_info=True)
-        raise KfpError(f"{where} answered {what} with something that is not the KFP API ({type(exc).__name__}): "
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0][:160]}" if str(exc) else type(exc).__name__
+        raise KfpError(f"{where} answered {what} with something that is not the KFP API ({detail}): "
                        "check --host points at the API server, not the UI or a login page") from None
     finally:
         logging.getLogger().removeFilter(quiet)
