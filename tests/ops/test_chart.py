@@ -320,7 +320,7 @@ def test_schedule_jobs_idempotent_authenticated_and_bounded(rendered, case):
 
 def test_job_images_and_pull_secrets_from_values(rendered, tmp_path):
     """What the schedule Job runs: its image, and the ConfigMap's experiment compiles as it would."""
-    from activedet.ops.continuous import compile_continuous
+    from activedet.ops.pipeline import compile_continuous
 
     objs, values = rendered("aws-values.yaml"), _values("aws-values.yaml")
     reg = values["image"]["registry"]
