@@ -51,6 +51,8 @@ def _check_run(out: str, run_dir: Path) -> None:
     assert "finished" in out and "budget curve:" in out and "mlflow ui --backend-store-uri sqlite:///" in out
     assert (run_dir / "store" / "summary" / "budget_curve.png").is_file()
     assert (run_dir / "mlflow.db").is_file()
+    assert (run_dir / "mlartifacts").is_dir()  # MLflow artifacts beside the database ...
+    assert not (run_dir.parents[1] / "mlruns").exists()  # ... not in the user's working directory
 
 
 @pytest.mark.slow

@@ -34,6 +34,21 @@ class NullTracker:
         pass
 
 
+def ensure_experiment(client, name: str, tracking_uri: str) -> str:
+    """Id of MLflow experiment ``name``, created when missing.
+
+    With a sqlite backend the artifacts go beside the database (``<db dir>/mlartifacts``), not
+    into ``./mlruns`` of whatever directory the process happens to run in.
+    """
+    found = client.get_experiment_by_name(name)
+    if found is not None:
+        return found.experiment_id
+    location = None
+    if tracking_uri.startswith("sqlite:///"):
+        location = (Path(tracking_uri[len("sqlite:///"):]).resolve().parent / "mlartifacts").as_uri()
+    return client.create_experiment(name, artifact_location=location)
+
+
 class MlflowTracker(NullTracker):
     """Logs to one MLflow run through a client bound to one tracking URI."""
 
@@ -42,8 +57,7 @@ class MlflowTracker(NullTracker):
 
         self.client = MlflowClient(tracking_uri=tracking_uri)
         if run_id is None:
-            exp = self.client.get_experiment_by_name(experiment)
-            exp_id = exp.experiment_id if exp else self.client.create_experiment(experiment)
+            exp_id = ensure_experiment(self.client, experiment, tracking_uri)
             run_id = self.client.create_run(exp_id, run_name=run_name).info.run_id
         self.run_id = run_id
 
