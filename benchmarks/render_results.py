@@ -218,6 +218,15 @@ def ssl_section(ssl: dict | None) -> str:
         _table(["model", "AP", "AP50", "AP - teacher", "seeds better than teacher", "pseudo boxes", "pseudo precision"], rows), ""])
 
 
+def teacher_section(t: dict | None) -> str:
+    """Teacher initialisation (benchmarks/teacher.py renders its own summary from the same JSON)."""
+    if t is None:
+        return ""
+    from teacher import render
+
+    return "### Teacher initialisation\n\n`benchmarks/teacher.py`. " + render(t, compact=True)
+
+
 def verify_section(vc: dict | None) -> str:
     if vc is None:
         return ""
@@ -242,7 +251,7 @@ def readme_block() -> str:
     parts = [BEGIN, "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py` (full tables: "
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
-             verify_section(vc), END]
+             teacher_section(_load("teacher")), verify_section(vc), END]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
 
 
@@ -252,7 +261,7 @@ def results_page() -> str:
              "(CI runs `--check`). What each benchmark measures: [benchmarks/README.md](../benchmarks/README.md). "
              + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
-             verify_section(vc)]
+             teacher_section(_load("teacher")), verify_section(vc)]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
 
 

@@ -15,7 +15,8 @@ evaluate (COCO AP, AP50, per-class AP on the val split).
 Resumable: every finished run is a JSON file under ``--work/runs/``; a re-run skips them (and the
 calibrations under ``--work/calibration/``). Writes ``benchmarks/results/teacher.{json,csv,png,md}``
 and the summary block of ``benchmarks/README.md`` between its ``teacher`` markers, both rendered
-from the JSON. Figures depend on the machine's load: the JSON records it.
+from the JSON (``benchmarks/render_results.py`` puts the compact version into the top-level README
+and docs/results.md). Figures depend on the machine's load: the JSON records it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,6 @@ from common import RESULTS_DIR, fmt_pm, format_table, machine, mean_std, progres
 
 TRAFFIC_CAMS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "traffic-cams"
 README = Path(__file__).resolve().parent / "README.md"
-TOP_README = Path(__file__).resolve().parents[1] / "README.md"
 BEGIN, END = "<!-- teacher:begin (rendered by benchmarks/teacher.py --render) -->", "<!-- teacher:end -->"
 
 #: model name -> (preset, backbone_weights, lr)
@@ -215,9 +215,9 @@ def plot(rows: list[dict], path: Path) -> Path:
     return save_png(fig, path)
 
 
-def render(payload: dict, *, compact: bool = False) -> str:
-    """The Markdown summary (results/teacher.md and the README blocks), from the JSON payload;
-    ``compact`` leaves out the per-class tables (the top-level README)."""
+def render(payload: dict, *, compact: bool = False, image: str | None = None) -> str:
+    """The Markdown summary (results/teacher.md, benchmarks/README.md; ``compact``, without the
+    per-class tables: the top-level README and docs/results.md via render_results.py), from the JSON."""
     rows = payload["summary"]
     cols = ["dataset", "model", "seeds", "iterations", "train_s", "AP", "AP50"]
     table = [{**r, "AP": fmt_pm(r["AP"], r["AP_std"], 3), "AP50": fmt_pm(r["AP50"], r["AP50_std"], 3),
@@ -252,20 +252,20 @@ def render(payload: dict, *, compact: bool = False) -> str:
             f"{split['scenes']} scenes; train {n['train']['images']} images / {n['train']['scenes']} scenes, "
             f"val {n['val']['images']} images / {n['val']['scenes']} scenes."
         )
+    if image:
+        lines += ["", f"![teacher initialisation at equal wall time]({image})"]
     return "\n".join(lines) + "\n"
 
 
-def write_readme_block(text: str, readme: Path = README, *, append: bool = True) -> None:
-    """Replace the block between the teacher markers of ``readme`` (append a section when absent and ``append``)."""
+def write_readme_block(text: str, readme: Path = README) -> None:
+    """Replace the block between the teacher markers of ``readme`` (append a section when absent)."""
     body = readme.read_text()
     block = f"{BEGIN}\n{text}{END}"
     if BEGIN in body and END in body:
         head, rest = body.split(BEGIN, 1)
         body = head + block + rest.split(END, 1)[1]
-    elif append:
-        body = body.rstrip() + "\n\n## Teacher initialisation (`teacher.py`)\n\n" + block + "\n"
     else:
-        return
+        body = body.rstrip() + "\n\n## Teacher initialisation (`teacher.py`)\n\n" + block + "\n"
     readme.write_text(body)
 
 
@@ -314,11 +314,10 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     write_results("teacher", payload, [{k: v for k, v in r.items() if not isinstance(v, dict)} for r in runs], args.out)
     plot(rows, args.out / "teacher.png")
-    text = render(payload)
+    text = render(payload, image="teacher.png")
     (args.out / "teacher.md").write_text(text)
     if not args.no_readme and args.out == RESULTS_DIR:
-        write_readme_block(text)
-        write_readme_block(render(payload, compact=True), TOP_README, append=False)
+        write_readme_block(render(payload, image="results/teacher.png"))
     sys.stdout.write(text)
     return 0
 
