@@ -61,12 +61,16 @@ def test_stage_order_within_and_across_cycles(cluster_experiment, tmp_path, comp
     assert "generate-pseudo-labels" in deps("train-student-ssl")
     assert "train-student-ssl" in deps("evaluate")
     assert {"evaluate", "generate-pseudo-labels"} <= deps("finish-cycle")
-    assert deps("cycle-gate") == {"finish-cycle"}
     dag = next(d for d in _dags(spec).values() if "merge-scores" in d["tasks"])
     loop = next(n for n in dag["tasks"] if n.startswith("for-loop"))
     assert tasks[loop]["parameterIterator"]["items"]["raw"] == "[0, 1, 2, 3]"  # 4 shards
     assert deps("merge-scores") == {loop}
+    assert deps("cycle-gate") == {"finish-cycle"}
     assert "merge-scores" in deps("select-batch")
+    # Typed values between components: finish-cycle's outputs drive the If and select-batch's budget.
+    outs = spec["components"]["comp-finish-cycle"]["outputDefinitions"]["parameters"]
+    assert {k: v["parameterType"] for k, v in outs.items()} == {"proceed": "BOOLEAN", "budget": "NUMBER_INTEGER", "summary": "STRING"}
+    assert spec["components"]["comp-select-batch"]["inputDefinitions"]["parameters"]["budget"]["parameterType"] == "NUMBER_INTEGER"
     assert deps("label-batch") == {"select-batch"}
     assert "label-batch" in deps("start-cycle-2")  # the next cycle starts on the labeled batch
     # The exit handler closes the MLflow parent run whatever happened.

@@ -319,3 +319,68 @@ class ResumeCheckpointer:
     def after_step(self, trainer: Trainer, iteration: int, losses: dict) -> None:
         if self.every > 0 and iteration % self.every == 0 and iteration < trainer.iterations:
             self.save(trainer)
+
+
+@dataclass
+class TrainedOutput:
+    """What :func:`train_and_commit` produced: the checkpoint URI, the run's numbers and ``train.json``."""
+
+    checkpoint_uri: str
+    result: TrainResult
+    resumed_from: int
+    training: dict
+
+
+def train_and_commit(
+    config,
+    detector: Detector,
+    make_batches: Callable[[int], Iterable[Batch]],
+    *,
+    stage: str,
+    digest: str,
+    device,
+    tracker,
+    loss_fn: Callable | None = None,
+    log_every: int | None = None,
+    training_info: dict | None = None,
+    **checkpoint_meta,
+) -> TrainedOutput:
+    """The training skeleton teacher and student share: resume, train, save, metrics.
+
+    Opens ``config.output_uri`` as a resumable output, restores the latest resume checkpoint whose
+    fingerprint matches (``config`` + ``digest``), trains with :meth:`Trainer.from_config` on
+    ``make_batches(start_iteration)``, then commits ``model.safetensors`` + ``meta.json``
+    (``checkpoint_meta`` goes into the meta) and ``train.json`` (``training_info`` added), and logs
+    the final loss and speed. The detector ends on the CPU.
+    """
+    from activedet.models.checkpoint import write_checkpoint
+
+    with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": stage}) as out:
+        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
+        start, optim_state = resume.restore()
+        kwargs = {"loss_fn": loss_fn} if loss_fn is not None else {}
+        if log_every is not None:
+            kwargs["log_every"] = log_every
+        trainer = Trainer.from_config(
+            detector.model, make_batches(start), config, device=device, hooks=[resume], tracker=tracker, start_iter=start,
+            desc=stage, **kwargs,
+        )
+        if optim_state:
+            trainer.load_optimizer_state(optim_state)
+        result = trainer.train()
+        detector.model.to("cpu")
+        training = {
+            "config": config.model_dump(mode="json", exclude={"mlflow_tracking_uri"}),
+            **(training_info or {}),
+            "resumed_from": start,
+            "final_loss": result.final_loss,
+            "final_losses": trainer.last_losses,
+            "it_per_s": result.it_per_s,
+            "loss_history": result.loss_history,
+        }
+        uri = write_checkpoint(out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
+                               ledger_uri=config.ledger_uri, metrics={}, **checkpoint_meta)
+        out.write_json("train.json", training)
+    tracker.log_metrics({"train/final_loss": result.final_loss, "train/it_per_s": result.it_per_s})
+    log.info("%s: %d iterations, final loss %.4f, %.2f it/s -> %s", stage, config.iterations, result.final_loss, result.it_per_s, uri)
+    return TrainedOutput(checkpoint_uri=uri, result=result, resumed_from=start, training=training)

@@ -12,7 +12,6 @@ the reverse. :func:`run_local` runs the same DAG through kfp.local (what the tes
 """
 
 # No "from __future__ import annotations": KFP reads the component functions' real annotations.
-import json
 import warnings
 from pathlib import Path
 from types import SimpleNamespace
@@ -76,7 +75,6 @@ def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
     """The continuous-mode pipeline for ``exp`` (parameters: experiment, state_root, source_uri, returns_uri)."""
     c, o = make_components(exp.kubernetes.image_registry), make_ops_components(exp.kubernetes.image_registry)
     defaults = pipeline_params(exp)
-    budget = json.dumps({"budget": exp.budget})
 
     def conf(task):
         return _configure(task, exp, platform)
@@ -100,7 +98,7 @@ def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
         ev = conf(c.evaluate(**common).after(last))
         promo = conf(o.promote(experiment=imp.output, run_root=b.output, state_root=state_root).after(ev))
         merge = score_and_merge(c, exp, conf, name="score-shards", platform=platform, after=promo, **common)
-        select = conf(c.select_batch(finish_result=budget, **common).after(merge))
+        select = conf(c.select_batch(budget=exp.budget, **common).after(merge))
         conf(o.finish(experiment=imp.output, run_root=b.output, state_root=state_root, promote_result=promo.output).after(select))
 
     return continuous

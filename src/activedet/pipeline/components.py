@@ -13,6 +13,7 @@ steps (MLflow runs, cycle summary, export) the CPU image.
 
 # No "from __future__ import annotations": KFP reads the real annotation objects.
 from types import SimpleNamespace
+from typing import NamedTuple
 
 from kfp import dsl
 
@@ -70,18 +71,29 @@ def evaluate(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> s
 
 def finish_cycle(
     experiment: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_result: str, pseudo_result: str
-) -> str:
-    """Summary row, MLflow metrics/artifacts and the stop decision of one cycle."""
+) -> NamedTuple("CycleEnd", [("proceed", bool), ("budget", int), ("summary", str)]):
+    """Summary row, MLflow metrics/artifacts and the stop decision of one cycle (typed outputs).
+
+    ``proceed``: whether the next cycle runs (the ``dsl.If`` condition); ``budget``: images the
+    next selection takes (select-batch's input); ``summary``: the cycle's summary row as JSON.
+    """
+    import json
+    from typing import NamedTuple
+
     from activedet.pipeline import steps
 
-    return steps.finish_cycle(experiment, run_root, cycle, parent_run_id, cycle_run_id, eval_result, pseudo_result)
+    row = json.loads(steps.finish_cycle(experiment, run_root, cycle, parent_run_id, cycle_run_id, eval_result, pseudo_result))
+    CycleEnd = NamedTuple("CycleEnd", [("proceed", bool), ("budget", int), ("summary", str)])  # noqa: UP014 (KFP reads it)
+    return CycleEnd(bool(row["continue"]), int(row["budget"]), json.dumps(row))
 
 
-def cycle_gate(finish_result: str) -> bool:
-    """True when the next cycle should run."""
-    import json
+def cycle_gate(proceed: bool) -> bool:
+    """finish-cycle's ``proceed`` as a single output: the ``dsl.If`` condition.
 
-    return bool(json.loads(finish_result)["continue"])
+    kfp.local evaluates a condition on one of several named outputs as false (the branch is
+    skipped silently); on a single output it works, here and on a cluster.
+    """
+    return proceed
 
 
 def score_unlabeled(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard: int) -> str:
@@ -98,13 +110,10 @@ def merge_scores(experiment: str, run_root: str, cycle: int, cycle_run_id: str, 
     return steps.run_stage("merge-scores", experiment, run_root, cycle, cycle_run_id)
 
 
-def select_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str, finish_result: str) -> str:
-    """activedet.stages.select_batch: the next batch (size from the cycle summary's budget)."""
-    import json
-
+def select_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str, budget: int) -> str:
+    """activedet.stages.select_batch: the next batch of ``budget`` images (finish-cycle's typed output)."""
     from activedet.pipeline import steps
 
-    budget = int(json.loads(finish_result)["budget"])
     return steps.run_stage("select-batch", experiment, run_root, cycle, cycle_run_id, budget=budget)
 
 

@@ -5,7 +5,7 @@ KFP v2 has no recursion, so the cycles are unrolled at compile time::
     start-run -> init -> cycle 0 -> [If continue] -> cycle 1 -> [If continue] -> ...
 
     cycle k:  start-cycle -> train-teacher -> generate-pseudo-labels -> train-student-ssl
-              -> evaluate -> finish-cycle -> cycle-gate
+              -> evaluate -> finish-cycle (typed outputs: proceed, budget, summary) -> cycle-gate
     then, inside ``dsl.If(cycle-gate == True)``:
               score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (dsl.Collected)
               -> select-batch -> label-batch (oracle) -> cycle k + 1
@@ -133,10 +133,10 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                 )
                 if k == exp.cycles - 1 and exp.labeling == "oracle":
                     return
-                gate = conf(c.cycle_gate(finish_result=fin.output))
+                gate = conf(c.cycle_gate(proceed=fin.outputs["proceed"]))
                 with dsl.If(gate.output == True, name=f"continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
                     merge = score_and_merge(c, exp, conf, name=f"score-shards-cycle-{k}", platform=platform, cycle_run_id=run_id, **common)
-                    select = conf(c.select_batch(cycle_run_id=run_id, finish_result=fin.output, **common).after(merge))
+                    select = conf(c.select_batch(cycle_run_id=run_id, budget=fin.outputs["budget"], **common).after(merge))
                     if exp.labeling == "export":  # annotators take days: this run ends with the export
                         conf(c.export_batch(**common).after(select))
                         return

@@ -58,8 +58,9 @@ class TrainingSpec(FrozenModel):
         None, description="backbone weights: 'imagenet' (the preset's ImageNet weights, cached under TORCH_HOME) or a path / "
         "s3:// URI of a state dict; none = from scratch"
     )
-    min_backbone_match: float = Field(
-        0.9, ge=0.0, le=1.0, description="fail when fewer than this share of backbone tensors loaded from the weights"
+    min_backbone_match: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="fail when fewer than this share of backbone tensors loaded from the weights (unset: the train-teacher default)",
     )
     warm_start: bool = Field(
         False, description="start each cycle's teacher from the previous cycle's model (Elezi retrains from scratch)"

@@ -23,7 +23,6 @@ from torch import Tensor, nn
 from torch.utils.data import ConcatDataset, DataLoader, Dataset
 from torchvision import tv_tensors
 
-from activedet import store
 from activedet.errors import ActivedetError
 from activedet.ssl.augment import StrongParams, strong_transform
 from activedet.ssl.sampler import BalancedBatchSampler
@@ -143,16 +142,10 @@ def train_student(config) -> dict:
     """Run the stage (``config``: :class:`activedet.stages.train_student_ssl.Config`)."""
     from activedet.al.ledger import read_ledger
     from activedet.data.dataset import load_dataset
-    from activedet.models.checkpoint import load_detector, write_checkpoint
+    from activedet.models.checkpoint import load_detector
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
-    from activedet.models.train import (
-        ResumeCheckpointer,
-        Trainer,
-        data_digest,
-        resume_fingerprint,
-        seed_everything,
-    )
+    from activedet.models.train import data_digest, seed_everything, train_and_commit
     from activedet.ssl.pseudo_labels import read_pseudo_labels, split_sets
     from activedet.tracking import tracker_for
 
@@ -196,49 +189,25 @@ def train_student(config) -> dict:
         if pool_ids
         else None
     )
-    with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": "train-student-ssl"}) as out:
-        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
-        start, optim_state = resume.restore()
-        batches = balanced_batches(
+    if tracker.run_id:
+        parents.append(tracker.run_id)
+    done = train_and_commit(
+        config, detector,
+        lambda start: balanced_batches(
             lab_data, pseudo_data, batch_size=config.batch_size, labeled_fraction=config.labeled_fraction,
             seed=config.seed, start_iter=start, num_workers=config.num_workers,
-        )
-        trainer = Trainer.from_config(
-            detector.model, batches, config, device=device, loss_fn=ssl_loss(config.lambda_u), hooks=[resume],
-            tracker=tracker, start_iter=start, desc="train-student-ssl",
-        )
-        if optim_state:
-            trainer.load_optimizer_state(optim_state)
-        result = trainer.train()
-        detector.model.to("cpu")
-        training = {
-            "config": config.model_dump(mode="json", exclude={"mlflow_tracking_uri"}),
-            "labeled_images": len(labeled),
-            "pseudo_images": len(pool_ids),
-            "pseudo_boxes": pseudo.num_rows,
-            "class_weights": {str(k): v for k, v in weights.items()},
-            "resumed_from": start,
-            "final_loss": result.final_loss,
-            "final_losses": trainer.last_losses,
-            "it_per_s": result.it_per_s,
-            "loss_history": result.loss_history,
-        }
-        if tracker.run_id:
-            parents.append(tracker.run_id)
-        uri = write_checkpoint(
-            out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
-            ledger_uri=config.ledger_uri, init_checkpoint_uri=config.teacher_checkpoint_uri,
-            pseudo_labels_uri=config.pseudo_labels_uri, metrics={}, parent_run_ids=parents,
-        )
-        out.write_json("train.json", training)
-    tracker.log_metrics({"train/final_loss": result.final_loss, "train/it_per_s": result.it_per_s})
-    log.info("train-student-ssl: %d iterations, final loss %.4f -> %s", config.iterations, result.final_loss, uri)
+        ),
+        stage="train-student-ssl", digest=digest, device=device, tracker=tracker, loss_fn=ssl_loss(config.lambda_u),
+        training_info={"labeled_images": len(labeled), "pseudo_images": len(pool_ids), "pseudo_boxes": pseudo.num_rows,
+                       "class_weights": {str(k): v for k, v in weights.items()}},
+        init_checkpoint_uri=config.teacher_checkpoint_uri, pseudo_labels_uri=config.pseudo_labels_uri, parent_run_ids=parents,
+    )
     return {
-        "checkpoint_uri": uri,
+        "checkpoint_uri": done.checkpoint_uri,
         "iterations": config.iterations,
-        "resumed_from": start,
-        "final_loss": result.final_loss,
-        "it_per_s": result.it_per_s,
+        "resumed_from": done.resumed_from,
+        "final_loss": done.result.final_loss,
+        "it_per_s": done.result.it_per_s,
         "labeled_images": len(labeled),
         "pseudo_images": len(pool_ids),
         "pseudo_boxes": pseudo.num_rows,

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, Field
 
-from activedet import store
 from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
 
@@ -137,17 +136,11 @@ def labeled_ids(dataset, ledger_uri: str | None) -> list[str]:
 def run(config: Config) -> Result:
     """Train the teacher; returns the checkpoint URI, final loss and speed."""
     from activedet.data.dataset import load_dataset
-    from activedet.models.checkpoint import detector_for_dataset, write_checkpoint
+    from activedet.models.checkpoint import detector_for_dataset
     from activedet.models.data import DetectionDataset, endless_batches
     from activedet.models.init import load_backbone_weights, load_init_checkpoint, pretrained_options
     from activedet.models.predict import resolve_device
-    from activedet.models.train import (
-        ResumeCheckpointer,
-        Trainer,
-        data_digest,
-        resume_fingerprint,
-        seed_everything,
-    )
+    from activedet.models.train import data_digest, seed_everything, train_and_commit
     from activedet.tracking import tracker_for
 
     dataset = load_dataset(config.dataset_uri)
@@ -176,40 +169,19 @@ def run(config: Config) -> Result:
         {k: v for k, v in config.model_dump(mode="json").items() if k not in ("mlflow_tracking_uri", "mlflow_run_id")}
         | {"labeled_images": len(ids), "data_digest": digest}
     )
-    with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": "train-teacher"}) as out:
-        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
-        start, optim_state = resume.restore()
-        train_data = DetectionDataset(
-            dataset, ids, category_ids=detector.category_ids, train=True, hflip=config.hflip, scale_jitter=config.scale_jitter
-        )
-        batches = endless_batches(
+    train_data = DetectionDataset(
+        dataset, ids, category_ids=detector.category_ids, train=True, hflip=config.hflip, scale_jitter=config.scale_jitter
+    )
+    done = train_and_commit(
+        config, detector,
+        lambda start: endless_batches(
             train_data, batch_size=config.batch_size, seed=config.seed, start_iter=start, num_workers=config.num_workers
-        )
-        trainer = Trainer.from_config(
-            detector.model, batches, config, device=device, hooks=[resume], tracker=tracker, start_iter=start,
-            desc="train-teacher", log_every=max(1, min(20, config.iterations // 10)),
-        )
-        if optim_state:
-            trainer.load_optimizer_state(optim_state)
-        result = trainer.train()
-        detector.model.to("cpu")
-        training = {
-            "config": config.model_dump(mode="json", exclude={"mlflow_tracking_uri"}),
-            "labeled_images": len(ids),
-            "resumed_from": start,
-            "final_loss": result.final_loss,
-            "it_per_s": result.it_per_s,
-            "loss_history": result.loss_history,
-        }
-        uri = write_checkpoint(
-            out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
-            ledger_uri=config.ledger_uri, init_checkpoint_uri=config.init_checkpoint_uri, weights_init=weights_init, metrics={},
-            parent_run_ids=parents, mlflow_run_id=tracker.run_id,
-        )
-        out.write_json("train.json", training)
-    tracker.log_metrics({"train/final_loss": result.final_loss, "train/it_per_s": result.it_per_s})
-    log.info("train-teacher: %d iterations, final loss %.4f, %.2f it/s -> %s", config.iterations, result.final_loss, result.it_per_s, uri)
+        ),
+        stage=NAME, digest=digest, device=device, tracker=tracker, log_every=max(1, min(20, config.iterations // 10)),
+        training_info={"labeled_images": len(ids)}, init_checkpoint_uri=config.init_checkpoint_uri, weights_init=weights_init,
+        parent_run_ids=parents, mlflow_run_id=tracker.run_id,
+    )
     return Result(
-        checkpoint_uri=uri, iterations=config.iterations, resumed_from=start, final_loss=result.final_loss,
-        it_per_s=result.it_per_s, labeled_images=len(ids),
+        checkpoint_uri=done.checkpoint_uri, iterations=config.iterations, resumed_from=done.resumed_from,
+        final_loss=done.result.final_loss, it_per_s=done.result.it_per_s, labeled_images=len(ids),
     )
