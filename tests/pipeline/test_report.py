@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from activedet import store
 from activedet.pipeline import report
 from activedet.pipeline.experiment import load_experiment
@@ -49,10 +51,29 @@ def test_local_run_output_shows_progress_and_logs_everything(tmp_path):
     out.write("    [KFP Executor 2026-11-21 17:50:39,461 INFO]: ▶ cycle 1/3 train-teacher: started\n")
     out.write("    [KFP Executor 2026-11-21 17:50:40,000 INFO]: train-teacher: 20/200 it  1.2 it/s  ETA 02:30\nTraceback (most")
     out.write(" recent call last):\n")
-    assert terminal.getvalue().splitlines() == [
+    assert terminal.getvalue().splitlines() == [  # a task's traceback stays in the log (issue 13)
         "17:50:39 ▶ cycle 1/3 train-teacher: started",
         "17:50:40 train-teacher: 20/200 it  1.2 it/s  ETA 02:30",
-        "Traceback (most recent call last):",
     ]
     assert "executor_input" in log.getvalue() and '"inputs"' in log.getvalue()
-    assert list(out.tail)[-1] == "Traceback (most recent call last):"
+    assert "Traceback (most recent call last):" in log.getvalue()
+    assert list(out.tail)[-1] == "Traceback (most recent call last):"  # kept for the one-line failure summary
+
+
+def test_label_efficiency_against_a_hand_computation():
+    import math
+
+    from activedet.pipeline.report import label_efficiency
+
+    rows = [  # pool of 100: 10, 20, 30 % labeled
+        {"cycle": 0, "labeled": 10, "unlabeled": 90, "AP": 0.20, "AP50": 0.40},
+        {"cycle": 1, "labeled": 20, "unlabeled": 80, "AP": 0.30, "AP50": 0.50},
+        {"cycle": 2, "labeled": 30, "unlabeled": 70, "AP": 0.34, "AP50": 0.56},
+    ]
+    le = label_efficiency(rows, target=0.32)
+    assert le["budget_pct_final"] == 30.0 and le["labeled_final"] == 30
+    assert le["auc.AP"] == pytest.approx(10 * (0.20 + 0.30) / 2 + 10 * (0.30 + 0.34) / 2)  # 5.7
+    assert le["auc_at_20pct.AP50"] == pytest.approx(10 * (0.40 + 0.50) / 2)
+    assert le["AP_at_20pct"] == pytest.approx(0.30)
+    assert le["labels_to_reach.AP"] == pytest.approx(25.0)  # halfway between 0.30 (20) and 0.34 (30)
+    assert math.isnan(label_efficiency(rows, target=0.9)["labels_to_reach.AP"])

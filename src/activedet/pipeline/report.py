@@ -55,3 +55,38 @@ def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budge
     ax.grid(True, alpha=0.3)
     ax.legend()
     return save_png(fig, path)
+
+
+def label_efficiency(rows: list[dict], *, metrics: tuple[str, ...] = ("AP", "AP50"), target: float | None = None,
+                     target_metric: str = "AP") -> dict[str, float]:
+    """Run-level label-efficiency figures from the per-cycle rows (METHODS.md section 7).
+
+    The budget of a cycle is the labeled share of its pool (``labeled / (labeled + unlabeled)``,
+    in percent). For each metric ``m``: ``auc.m`` (AUC@B over the whole curve, metric x
+    percentage points), ``auc_at_<B>pct.m`` and ``m_at_<B>pct`` at every cycle's budget ``B``;
+    with a ``target``, ``labels_to_reach.<target_metric>`` (NaN when never reached).
+
+    Returns:
+        a flat mapping of MLflow-safe names to floats.
+    """
+    from activedet.al.budget import auc_at, labels_to_reach, metric_at
+
+    points = [r for r in rows if r.get("labeled") is not None and r.get("unlabeled") is not None]
+    if not points:
+        return {}
+    pct = [100.0 * r["labeled"] / max(r["labeled"] + r["unlabeled"], 1) for r in points]
+    out: dict[str, float] = {"budget_pct_final": pct[-1], "labeled_final": float(points[-1]["labeled"])}
+    for m in metrics:
+        keep = [(b, r[m]) for b, r in zip(pct, points, strict=True) if isinstance(r.get(m), (int, float))]
+        if not keep:
+            continue
+        bs, ys = [b for b, _ in keep], [y for _, y in keep]
+        out[f"auc.{m}"] = auc_at(bs, ys)
+        for b in bs:
+            tag = f"{b:.0f}pct"
+            out[f"auc_at_{tag}.{m}"] = auc_at(bs, ys, upto=b)
+            out[f"{m}_at_{tag}"] = metric_at(bs, ys, b)
+    if target is not None:
+        have = [(r["labeled"], r[target_metric]) for r in points if isinstance(r.get(target_metric), (int, float))]
+        out[f"labels_to_reach.{target_metric}"] = labels_to_reach([x for x, _ in have], [y for _, y in have], target)
+    return out
