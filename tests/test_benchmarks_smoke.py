@@ -15,6 +15,8 @@ sys.path.insert(0, str(BENCH))
 import common  # noqa: E402
 import import_images  # noqa: E402
 import label_efficiency as le  # noqa: E402
+import s3_download  # noqa: E402
+import scale  # noqa: E402
 import throughput  # noqa: E402
 
 # b = % of pool labeled, p = metric
@@ -156,3 +158,27 @@ def test_label_efficiency_smoke_runs_the_loop(tmp_path):
     assert t["runs"] == 4  # cycle-0 teacher, control, cycle-1 random teacher, cycle-1 coreset teacher
     assert (tmp_path / "le_budget_curve.png").stat().st_size > 0
     assert (tmp_path / "le_summary.csv").exists()
+
+
+def test_scale_smoke_runs_every_case_and_resumes(tmp_path):
+    argv = ["--smoke", "--in-process", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "work")]
+    payload = scale.main(argv)
+    rows = payload["rows"]
+    sections = {r["section"] for r in rows}
+    assert sections == {"bandwidth", "merge-scores", "select-batch", "core-set"}
+    for strategy in scale.STRATEGIES:
+        assert any(r["name"].startswith(f"select-batch {strategy},") and r["value"] > 0 for r in rows)
+    coreset = [r for r in rows if r["section"] == "core-set"]
+    assert len(coreset) == 6 and all(r["same_picks_as_plain"] in (None, True) for r in coreset)
+    assert payload["machine"]["loadavg_1m"] >= 0 and (tmp_path / "out" / "scale_smoke.md").exists()
+    # a second run finds every case done (cases.jsonl) and reports the same figures
+    again = scale.main(argv)
+    assert [r["value"] for r in again["rows"]] == [r["value"] for r in rows]
+
+
+def test_s3_download_smoke_compares_every_method_per_size(tmp_path):
+    payload = s3_download.main(["--smoke", "--out", str(tmp_path), "--name", "s3"])
+    methods = {r["method"] for r in payload["rows"]}
+    assert methods == set(s3_download.METHODS) - {s3_download.BASELINE}
+    assert {r["object_mb"] for r in payload["rows"]} == {1, 4}
+    assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in payload["rows"])

@@ -133,11 +133,13 @@ def _endpoint() -> str:
         return "the S3 endpoint"
 
 
-def _transfer_config():
+def _transfer_config(threshold: float | None = None):
+    """boto3 transfer settings: parts of MULTIPART_CHUNK, 8 at a time, above ``threshold`` bytes
+    (default MULTIPART_THRESHOLD)."""
     from boto3.s3.transfer import TransferConfig
 
     return TransferConfig(
-        multipart_threshold=MULTIPART_THRESHOLD, multipart_chunksize=MULTIPART_CHUNK, max_concurrency=8
+        multipart_threshold=int(threshold or MULTIPART_THRESHOLD), multipart_chunksize=MULTIPART_CHUNK, max_concurrency=8
     )
 
 
@@ -287,15 +289,83 @@ def upload(local: str | Path, uri: str) -> None:
     os.replace(tmp, dest)
 
 
+#: bytes per read/write when streaming one GET into a file (1 MiB to 8 MiB measured alike here;
+#: a second thread for the writes measured no faster)
+DOWNLOAD_CHUNK = 1024 * 1024
+
+
+def _ranged_min_bytes() -> float:
+    """Objects at least this large are downloaded in ranged parts (``ACTIVEDET_S3_RANGED_MIN_MB``).
+
+    Unset: never. Against the loopback server one streamed GET was at least as fast as ranged
+    parts for 1, 64 and 512 MB (benchmarks/results/s3_download.md); an endpoint that caps each
+    connection (AWS S3: tens of MB/s per stream) is faster with parts: set it there (e.g. 64).
+    """
+    raw = os.environ.get("ACTIVEDET_S3_RANGED_MIN_MB")
+    if raw is None or raw == "":
+        return float("inf")
+    try:
+        value = float(raw)
+    except ValueError:
+        raise StoreError(f"environment variable ACTIVEDET_S3_RANGED_MIN_MB={raw!r} is not a number") from None
+    if value <= 0:
+        raise StoreError(f"environment variable ACTIVEDET_S3_RANGED_MIN_MB={raw!r} must be positive")
+    return value * 1024 * 1024
+
+
+def _stream_get(bucket: str, key: str, tmp: Path, uri: str) -> None:
+    """One GET streamed into ``tmp``; a connection lost mid-body resumes from the bytes already
+    written (a ranged GET pinned to the first answer's ETag), up to ACTIVEDET_S3_MAX_ATTEMPTS."""
+    from botocore import exceptions as bex
+    from urllib3 import exceptions as u3ex
+
+    client = s3_client()
+    attempts = int(s3_settings()["ACTIVEDET_S3_MAX_ATTEMPTS"])
+    done, size, etag = 0, None, None
+    with open(tmp, "wb") as fh:
+        for attempt in range(1, attempts + 1):
+            extra = {} if etag is None else {"Range": f"bytes={done}-", "IfMatch": etag}
+            resp = client.get_object(Bucket=bucket, Key=key, **extra)
+            if etag is None:
+                size, etag = int(resp["ContentLength"]), resp.get("ETag")
+            try:
+                for chunk in resp["Body"].iter_chunks(DOWNLOAD_CHUNK):
+                    fh.write(chunk)
+                    done += len(chunk)
+            except (bex.ReadTimeoutError, bex.ResponseStreamingError, u3ex.ProtocolError, u3ex.ReadTimeoutError,
+                    ConnectionError) as exc:
+                if attempt == attempts or etag is None:
+                    raise
+                log.warning("download %s: connection lost after %d of %d bytes (%s); resuming", uri, done, size, exc)
+                continue
+            if done == size:
+                return
+            if attempt == attempts:
+                raise StoreError(f"S3 download of {uri} ended after {done} of {size} bytes")
+            log.warning("download %s: body ended after %d of %d bytes; resuming", uri, done, size)
+
+
 def download(uri: str, local: str | Path) -> Path:
-    """Copy ``uri`` to a local file (multipart/ranged on S3, via a temp file then rename)."""
+    """Copy ``uri`` to a local file via a temp file then rename.
+
+    S3: one streamed GET (resumed if the connection drops), or ranged parts of MULTIPART_CHUNK
+    through boto3's transfer manager for objects of at least ``ACTIVEDET_S3_RANGED_MIN_MB``
+    (unset: never; see :func:`_ranged_min_bytes`).
+    """
     local = Path(local)
     local.parent.mkdir(parents=True, exist_ok=True)
     tmp = local.with_name(f".{local.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     if is_s3(uri):
         bucket, key = _split_s3(uri)
+        ranged_min = _ranged_min_bytes()
         try:
-            s3_client().download_file(bucket, key, str(tmp), Config=_transfer_config())
+            if ranged_min != float("inf") and s3_client().head_object(Bucket=bucket, Key=key)["ContentLength"] >= ranged_min:
+                s3_client().download_file(bucket, key, str(tmp), Config=_transfer_config(max(ranged_min, MULTIPART_CHUNK)))
+            else:
+                _stream_get(bucket, key, tmp, uri)
+        except StoreError:
+            tmp.unlink(missing_ok=True)
+            raise
         except Exception as exc:
             tmp.unlink(missing_ok=True)
             raise _s3_error(exc, uri, "GetObject") from exc

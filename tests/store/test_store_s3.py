@@ -82,3 +82,89 @@ def test_content_cache_prefetch_and_reuse(s3_bucket, tmp_path):
     assert cache.fetch(uris[0]).read_bytes() == b"image-0"
     # a second cache on the same root sees the same files
     assert store.ContentCache(tmp_path / "cache").prefetch(uris) == 0
+
+
+class _CuttingProxy:
+    """A loopback TCP proxy to the S3 server that drops its first connection after forwarding
+    ``cut`` bytes of the answer (a connection lost mid-download), then forwards faithfully."""
+
+    def __init__(self, upstream: str, cut: int):
+        import socket
+        import threading
+        from urllib.parse import urlparse
+
+        up = urlparse(upstream)
+        self.upstream, self.cut, self.connections = (up.hostname, up.port), cut, 0
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        import socket
+        import threading
+
+        while True:
+            try:
+                client, _ = self.sock.accept()
+            except OSError:
+                return
+            self.connections += 1
+            server = socket.create_connection(self.upstream)
+            limit = self.cut if self.connections == 1 else None
+            threading.Thread(target=self._pump, args=(client, server, None), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, limit), daemon=True).start()
+
+    @staticmethod
+    def _pump(src, dst, limit) -> None:
+        sent = 0
+        try:
+            while data := src.recv(65536):
+                if limit is not None and sent + len(data) >= limit:
+                    dst.sendall(data[: limit - sent])
+                    break
+                dst.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        for s in (src, dst):
+            s.close()
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def test_download_resumes_a_connection_lost_mid_body(s3_bucket, s3_server, tmp_path, monkeypatch, caplog):
+    data = os.urandom(3 * 1024 * 1024 + 7)
+    uri = store.join(s3_bucket, "resume/obj.bin")
+    store.write_bytes(uri, data)
+    proxy = _CuttingProxy(s3_server, cut=1024 * 1024)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", proxy.url)
+    store._clients.clear()
+    try:
+        with caplog.at_level("WARNING", logger="activedet.store"):
+            out = store.download(uri, tmp_path / "obj.bin")
+    finally:
+        proxy.close()
+    assert out.read_bytes() == data
+    assert proxy.connections >= 2 and "resuming" in caplog.text
+    assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_ranged_download_is_opt_in_by_size_and_bad_values_are_errors(s3_bucket, small_multipart, tmp_path, monkeypatch):
+    data = os.urandom(11 * 1024 * 1024)
+    uri = store.join(s3_bucket, "ranged/obj.bin")
+    store.write_bytes(uri, data)
+    monkeypatch.setenv("ACTIVEDET_S3_RANGED_MIN_MB", "1")
+    assert store.download(uri, tmp_path / "a.bin").read_bytes() == data  # 3 ranged parts
+    monkeypatch.setenv("ACTIVEDET_S3_RANGED_MIN_MB", "0")
+    with pytest.raises(StoreError, match="ACTIVEDET_S3_RANGED_MIN_MB='0' must be positive"):
+        store.download(uri, tmp_path / "b.bin")
+    monkeypatch.setenv("ACTIVEDET_S3_RANGED_MIN_MB", "lots")
+    with pytest.raises(StoreError, match="is not a number"):
+        store.download(uri, tmp_path / "b.bin")
+
+
+def test_download_of_a_missing_key_leaves_no_temp_file(s3_bucket, tmp_path):
+    with pytest.raises(StoreError, match=f"object not found: {s3_bucket}/nope.bin"):
+        store.download(f"{s3_bucket}/nope.bin", tmp_path / "nope.bin")
+    assert not list(tmp_path.iterdir())
