@@ -111,3 +111,10 @@ def test_stage_table_is_the_only_list():
     assert {f.__name__ for f, kind in KINDS.items() if kind == "gpu"} == {
         f.__name__ for f, stage in STAGE_OF.items() if stage_module(stage).IMAGE == "gpu"
     }
+
+
+def test_one_cycle_run_still_checks_its_acquisition_settings(tmp_path, capsys):
+    """A one-cycle run never selects; `strategy: psychic` must fail anyway, not 'succeed'."""
+    path = _write(tmp_path, {"cycles": 1, "acquisition": {"strategy": "psychic"}})
+    assert main(["validate", str(path)]) == 2
+    assert "acquisition.strategy" in capsys.readouterr().err

@@ -100,6 +100,10 @@ def validate(exp: ExperimentConfig, where: str = "experiment") -> dict[str, dict
         if exp.stopping.metric not in METRICS:
             raise ConfigError(f"stopping.metric: unknown metric {exp.stopping.metric!r}; valid: {', '.join(METRICS)}")
         resolved = resolve(exp)
+        if not any(selects_after(exp, k) for k in range(exp.cycles)):
+            # a one-cycle run never selects, but its acquisition settings must still be sound
+            for stage in ("score-unlabeled", "select-batch"):
+                stage_config(stage, exp, VALIDATION_ROOT, 0)
         _check_dataset(exp)
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
