@@ -20,6 +20,7 @@ of each connection instead, which is what ranged parallel parts win against (see
 
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/s3_download.py            # 1, 64, 512 MB
     .venv/bin/python benchmarks/s3_download.py --smoke                      # 1 and 4 MB, seconds
+    .venv/bin/python benchmarks/s3_download.py --endpoint '' --bucket B --out /tmp/s3   # your S3 (AWS: '')
 """
 
 from __future__ import annotations
@@ -106,28 +107,35 @@ METHODS = {
     "ranged 64 MiB x 4 (pwrite)": _ranged_pwrite(64, 4),
 }
 BASELINE = "single get .read()"
+PREFIX = "activedet-s3-bench/"  # every object the benchmark writes (deleted at the end)
 
 
 def bench(args, tmp: Path) -> list[dict]:
 
     from activedet import store
 
-    proc, endpoint = _start_moto()
-    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
-           "AWS_DEFAULT_REGION": "us-east-1"}
+    proc, env = None, {}
+    if args.endpoint is None:  # loopback moto; else the endpoint and credentials of the environment
+        proc, endpoint = _start_moto()
+        env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_DEFAULT_REGION": "us-east-1"}
+    elif args.endpoint:
+        env = {"AWS_ENDPOINT_URL": args.endpoint}
     saved = {k: os.environ.get(k) for k in [*env, "AWS_PROFILE"]}
     os.environ.update(env)
-    os.environ.pop("AWS_PROFILE", None)
+    if proc is not None:
+        os.environ.pop("AWS_PROFILE", None)
     store._clients.clear()
     rows = []
     try:
         client = store.s3_client()  # the product's client (timeouts, pool) for every method alike
-        bucket = f"bench-{uuid.uuid4().hex[:8]}"
-        client.create_bucket(Bucket=bucket)
-        client.put_object(Bucket=bucket, Key="warmup", Body=b"x")
-        client.get_object(Bucket=bucket, Key="warmup")["Body"].read()  # first connection, untimed
+        bucket = args.bucket or f"bench-{uuid.uuid4().hex[:8]}"
+        if proc is not None:
+            client.create_bucket(Bucket=bucket)
+        client.put_object(Bucket=bucket, Key=f"{PREFIX}warmup", Body=b"x")
+        client.get_object(Bucket=bucket, Key=f"{PREFIX}warmup")["Body"].read()  # first connection, untimed
         for mb in args.sizes:
-            key = f"object-{mb}MB.bin"
+            key = f"{PREFIX}object-{mb}MB.bin"
             size = int(mb * MB)
             client.put_object(Bucket=bucket, Key=key,
                               Body=np.random.default_rng(0).integers(0, 256, size, dtype=np.uint8).tobytes())
@@ -152,9 +160,11 @@ def bench(args, tmp: Path) -> list[dict]:
                 rows.append({"section": "s3 download", "name": f"{name}, {mb:g} MB", "value": round(value, 1), "unit": "MB/s",
                              "baseline": f"{BASELINE}, {mb:g} MB", "baseline_value": round(base, 1),
                              "ratio": round(value / base, 2), "object_mb": mb, "method": name, "repeats": repeats})
+        client.delete_object(Bucket=bucket, Key=f"{PREFIX}warmup")
     finally:
-        proc.kill()
-        proc.wait()
+        if proc is not None:
+            proc.kill()
+            proc.wait()
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k, None)
@@ -169,9 +179,14 @@ def parse_args(argv=None):
     p.add_argument("--sizes", type=float, nargs="+", default=[1, 64, 512], help="object sizes in MB")
     p.add_argument("--repeats", type=int, default=3, help="repeats per size (best kept)")
     p.add_argument("--smoke", action="store_true", help="1 and 4 MB, one repeat")
+    p.add_argument("--endpoint", default=None,
+                   help="measure against this S3 endpoint ('' = AWS) with the environment's credentials, not loopback moto")
+    p.add_argument("--bucket", default=None, help="with --endpoint: an existing bucket to write test objects into")
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     p.add_argument("--name", default=None, help="results file stem (default s3_download[_smoke])")
     args = p.parse_args(argv)
+    if args.endpoint is not None and not args.bucket:
+        p.error("--endpoint needs --bucket (an existing bucket; objects go under activedet-s3-bench/)")
     if args.smoke:
         args.sizes, args.repeats = [1, 4], 1
     if args.name is None:
@@ -188,8 +203,9 @@ def main(argv=None) -> dict:
     payload["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
     m = payload["machine"]
     write_figures(args.name, payload, rows, args.out,
-                  f"Command: `{payload['command']}`  \nMachine: {m.get('cpu_model')} ({m.get('cpus')} CPUs), loopback moto "
-                  f"server in its own process; load average {load0} at start, {payload['loadavg_1m_at_end']} at end; "
+                  f"Command: `{payload['command']}`  \nMachine: {m.get('cpu_model')} ({m.get('cpus')} CPUs), "
+                  + ("loopback moto server in its own process" if args.endpoint is None else f"endpoint {args.endpoint or 'AWS'}")
+                  + f"; load average {load0} at start, {payload['loadavg_1m_at_end']} at end; "
                   f"best of {args.repeats} interleaved repeats (5x that up to 8 MB); wall time {payload['seconds'] / 60:.1f} min. "
                   f"Ratio = method / {BASELINE} of the same object.")
     return payload

@@ -115,7 +115,7 @@ class SelectionInput:
             raise ActivedetError("selection needs embeddings: score with 'embedding' in scores (and include_labeled for core-set)")
         col = self.scores.column("embedding").combine_chunks()
         dim = col.type.list_size
-        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32).reshape(-1, dim)
+        flat = col.flatten().to_numpy(zero_copy_only=False).astype(np.float32, copy=False).reshape(-1, dim)  # no second copy at 10^6 x d
         rows = self._rows(ids, "embedding")
         return flat[rows] if len(rows) else np.empty((0, dim), np.float32)
 
