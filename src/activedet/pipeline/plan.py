@@ -117,6 +117,9 @@ def _train_pool_size(exp: ExperimentConfig) -> tuple[int, str] | None:
         from activedet.data.synth import split_counts
 
         n_val, n_test = split_counts(synth.sequences, synth.val_fraction, synth.test_fraction)
+        if not n_val:
+            raise ConfigError(f"dataset.synth: val_fraction {synth.val_fraction} of {synth.sequences} sequences gives no val "
+                              "images, and evaluate needs them; raise val_fraction or sequences")
         return (synth.sequences - n_val - n_test) * synth.frames, "dataset.synth"
     uri = exp.dataset.uri or ""
     if store.is_s3(uri):
@@ -129,6 +132,9 @@ def _train_pool_size(exp: ExperimentConfig) -> tuple[int, str] | None:
         dataset = load_dataset(uri)
     except ActivedetError as exc:
         raise ConfigError(f"dataset.uri: {exc}") from None
+    from activedet.data.readiness import check_run_ready
+
+    check_run_ready(dataset, initial_size=exp.initial_size)  # empty val, classes without boxes: fail before training
     return len(dataset.split_ids("train")), f"dataset.uri {uri}"
 
 
