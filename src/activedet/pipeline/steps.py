@@ -154,10 +154,11 @@ def start_cycle(experiment_json: str, run_root: str, cycle: int, parent_run_id: 
 # --------------------------------------------------------------------------- stages
 
 
-def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle_run_id: str = "", shard: int = 0, budget: int = -1) -> str:
-    """Run one stage of one cycle: build its ``Config`` (see :mod:`plan`), call ``run``.
+def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle_run_id: str = "", **upstream) -> str:
+    """Run one stage of one cycle: its module's ``from_experiment`` builds the ``Config``, then ``run``.
 
-    Returns the stage result as JSON. With tracking on, the stage logs into a nested run under
+    ``upstream``: the values the stage's ``from_experiment`` takes from the DAG (score-unlabeled's
+    ``shard``, select-batch's ``budget``). Returns the stage result as JSON. With tracking on, the stage logs into a nested run under
     the cycle run, and the numeric leaves of its result go to the cycle run as ``<stage>.<key>``.
     """
     from activedet.stages import stage_module
@@ -166,12 +167,12 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     exp = experiment_from_json(experiment_json)
     uri = tracking_uri(exp)
     stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard) if uri and cycle_run_id else ""
+    shard = upstream.get("shard")
     module = stage_module(stage)
-    upstream = {"score-unlabeled": {"shard": shard}, "select-batch": {"budget": None if budget < 0 else budget}}.get(stage, {})
     config = plan.stage_config(
         stage, exp, run_root, cycle, tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None, **upstream
     )
-    where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{exp.acquisition.shards}" if stage == "score-unlabeled" else "")
+    where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{exp.acquisition.shards}" if shard is not None else "")
     log.info("▶ %s: started", where)
     t0 = time.monotonic()
     try:
@@ -193,10 +194,10 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     return json.dumps(payload, default=str)
 
 
-def _start_stage_run(uri: str, cycle_run_id: str, stage: str, cycle: int, shard: int) -> str:
+def _start_stage_run(uri: str, cycle_run_id: str, stage: str, cycle: int, shard: int | None) -> str:
     client = _client(uri)
     exp_id = client.get_run(cycle_run_id).info.experiment_id
-    name = f"cycle-{cycle:02d}-{stage}" + (f"-{shard:02d}" if stage == "score-unlabeled" else "")
+    name = f"cycle-{cycle:02d}-{stage}" + (f"-{shard:02d}" if shard is not None else "")
     tags = {"mlflow.parentRunId": cycle_run_id, "activedet.kind": "stage", "activedet.stage": stage}
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
