@@ -14,8 +14,9 @@ and that peak minus the RSS after imports (what the case added).
   done on whole pandas frames (ledger, images and scores read in full, embeddings stacked from
   the object column, the plain greedy)
 * core-set N x d -> k with L initial centers (isotropic and clustered embeddings; pruned, plain
-  and float16), beside the memory-traffic bound ``k * N * d * 4 bytes / bandwidth``, bandwidth
-  measured in the same run (numpy copy of a 1 GiB array: bytes read + written per second)
+  and float16), beside the memory-traffic bound ``k * N * d * bytes / bandwidth`` (4 bytes, 2 for
+  float16), bandwidth measured in the same run (numpy copy of a 1 GiB array: bytes read +
+  written per second)
 
 Each finished case is appended to ``<work>/cases.jsonl``; a rerun with the same settings skips
 it (``--fresh`` to redo). Not a test: nothing asserted.
@@ -230,10 +231,12 @@ def _child(kind: str, kwargs: dict, queue) -> None:
     import activedet.stages.select_batch  # noqa: F401
 
     torch.set_num_threads(1)
+    load = round(os.getloadavg()[0], 2)  # per case: a resumed run mixes cases from several runs
     base = rss_mb()
     with timer() as t:
         out = CASES[kind](**kwargs)
-    queue.put({**out, "seconds": t(), "peak_rss_mb": peak_rss_mb(), "added_mb": peak_rss_mb() - base, "import_rss_mb": base})
+    queue.put({**out, "seconds": t(), "peak_rss_mb": peak_rss_mb(), "added_mb": peak_rss_mb() - base, "import_rss_mb": base,
+               "loadavg_1m": load})
 
 
 def run_case(kind: str, in_process: bool = False, **kwargs) -> dict:
@@ -292,7 +295,8 @@ def _pair_rows(section: str, label: str, ours: dict, naive: dict, naive_label: s
     if "failed" in ours or "failed" in naive:
         return [{"section": section, "name": label, "value": float("nan"), "unit": "s", "baseline": naive_label,
                  "baseline_value": float("nan"), "ratio": float("nan"), "note": f"ours {ours.get('failed', 'ok')}, naive {naive.get('failed', 'ok')}"}]
-    return [_row(section, f"{label}: time", ours["seconds"], "s", naive_label, naive["seconds"]),
+    return [_row(section, f"{label}: time", ours["seconds"], "s", naive_label, naive["seconds"],
+                 loadavg_1m=ours.get("loadavg_1m"), baseline_loadavg_1m=naive.get("loadavg_1m")),
             _row(section, f"{label}: peak RSS", ours["peak_rss_mb"], "MB", naive_label, naive["peak_rss_mb"],
                  added_mb=round(ours["added_mb"]), baseline_added_mb=round(naive["added_mb"]))]
 
@@ -362,8 +366,6 @@ def main(argv=None) -> dict:
                     rows[-1]["same_first_picks"] = ours["first"] == naive["first"]
     if "coreset" in args.only:
         n, d, k, L = args.coreset_n, args.coreset_d, args.coreset_k, args.coreset_labeled
-        traffic = k * n * d * 4
-        bound = traffic / (bw["copy_gb_s"] * 1e9)
         label = f"core-set {n:,} x {d} -> {k:,} (L={L:,})"
         for data in ("isotropic", "clustered"):
             got = {}
@@ -373,10 +375,12 @@ def main(argv=None) -> dict:
                 r = got[name]
                 if "failed" in r:
                     continue
+                traffic = k * n * d * (2 if storage == "float16" else 4)  # every point's embedding read once a step
+                bound = traffic / (bw["copy_gb_s"] * 1e9)
                 rows.append(_row("core-set", f"{label}, {data}, {name}", r["coreset_seconds"], "s",
                                  f"memory-traffic bound ({traffic / 1e9:.0f} GB at the copy bandwidth)", bound,
                                  computed_share=round(r["computed_share"], 4), over_bound=round(r["coreset_seconds"] / bound, 2),
-                                 peak_rss_mb=round(r["peak_rss_mb"]),
+                                 peak_rss_mb=round(r["peak_rss_mb"]), loadavg_1m=r.get("loadavg_1m"),
                                  same_picks_as_plain=None if name == "plain" else r["first"] == got["plain"]["first"] if "plain" in got else None))
     payload = figures_payload("scale", args, started, load0, rows)
     payload["loadavg_1m_at_end"] = round(os.getloadavg()[0], 2)
@@ -397,12 +401,18 @@ def _details(md: Path, rows: list[dict]) -> None:
     lines = []
     for r in rows:
         if r["section"] == "core-set":
-            lines.append(f"| {r['name']} | {r['over_bound']} | {r['computed_share']} | {r['same_picks_as_plain']} | {r['peak_rss_mb']} |")
+            lines.append(f"| {r['name']} | {r['over_bound']} | {r['computed_share']} | {r['same_picks_as_plain']} "
+                         f"| {r['peak_rss_mb']} | {r['loadavg_1m']} |")
     if lines:
         md.write_text(md.read_text() + "\nCore-set: time / memory-traffic bound (goal <= 2), share of the plain greedy's "
-                      "distances computed, first picks equal to the plain greedy's, peak RSS (MB):\n\n"
-                      "| case | time / bound | distances computed | same picks as plain | peak RSS MB |\n|---|---|---|---|---|\n"
+                      "distances computed, first picks equal to the plain greedy's, peak RSS (MB), load average when it ran:\n\n"
+                      "| case | time / bound | distances computed | same picks as plain | peak RSS MB | load |\n"
+                      "|---|---|---|---|---|---|\n"
                       + "\n".join(lines) + "\n")
+    loads = [f"{r['name'].split(':')[0]}: {r['loadavg_1m']} (naive {r['baseline_loadavg_1m']})" for r in rows
+             if r.get("baseline_loadavg_1m") is not None]
+    if loads:
+        md.write_text(md.read_text() + "\nLoad average when each stage case ran: " + "; ".join(loads) + "\n")
     same = [f"{r['name'].split(':')[0]}: {r['same_first_picks']}" for r in rows if "same_first_picks" in r]
     if same:
         md.write_text(md.read_text() + "\nselect-batch core-set first picks equal to the naive plain greedy's: " + "; ".join(same) + "\n")

@@ -171,10 +171,10 @@ class _Greedy:
         if not prune:
             return
         # |computed - exact| <= tau for any squared distance (dot products of length d, the two
-        # norms, the sums; float16 adds the rounding of its dot product, 2^-11 relative, with
-        # room for a reduced-precision accumulation on GPU): the pruning margin
+        # norms, the sums; float16 adds the rounding of its dot product to float16, 2^-11 of
+        # |x||c| and measured at 2^-12: 2^-10 leaves room): the pruning margin
         scale = float(self.x_sq.max()) if n else 0.0
-        self.tau = (4.0 * (d + 3) * float(np.finfo(compute).eps) + (2.0**-8 if storage == "float16" else 0.0)) * scale
+        self.tau = (4.0 * (d + 3) * float(np.finfo(compute).eps) + (2.0**-10 if storage == "float16" else 0.0)) * scale
         self.owner = torch.zeros(n, dtype=torch.int64, device=device)
         self.centers = torch.empty((capacity, d), dtype=self.dtype, device=device)
         self.c_sq = torch.empty(capacity, dtype=self.dtype, device=device)
