@@ -96,6 +96,41 @@ def pool_redundancy(ds: Dataset, split: str = "train") -> tuple[float, int, str]
     return (1.0 - distinct / len(pool)) if pool else 0.0, distinct, method
 
 
+#: the tiny preset's default input (short side, long side cap) and its smallest anchor
+TINY_INPUT, SMALLEST_ANCHOR = (128, 256), 16
+CPU_MAX_SIDE = 640
+
+
+def input_size_for_boxes(ds: Dataset, p: Proposal) -> dict:
+    """``tiny``'s input size, enlarged when the median box would shrink below the smallest anchor.
+
+    Images are resized so the long side is at most ``max_size``; a median box of ``m`` pixels
+    (shorter side, at the file's size) then has ``m * scale`` pixels. Returns preset options
+    (empty when the defaults suffice) and records the choice in ``p``.
+    """
+    import numpy as np
+
+    if not ds.boxes.num_rows:
+        return {}
+    b = ds.boxes
+    sides = np.minimum(np.asarray(b.column("x2")) - np.asarray(b.column("x1")), np.asarray(b.column("y2")) - np.asarray(b.column("y1")))
+    median_box = float(np.median(sides))
+    long_side = float(np.median(np.maximum(np.asarray(ds.images.column("width")), np.asarray(ds.images.column("height")))))
+    scale = TINY_INPUT[1] / long_side
+    if median_box * scale >= SMALLEST_ANCHOR or median_box <= 0:
+        return {}
+    needed = min(SMALLEST_ANCHOR / median_box, 1.0, CPU_MAX_SIDE / long_side)
+    factor = needed / scale
+    options = {"min_size": int(round(TINY_INPUT[0] * factor / 32) * 32), "max_size": int(round(TINY_INPUT[1] * factor / 32) * 32)}
+    if options["max_size"] <= TINY_INPUT[1]:
+        return {}
+    p.set("training.preset_options", options,
+          f"the median box is {median_box:.0f} px on {long_side:.0f}-px images: at tiny's default {TINY_INPUT[1]}-px input it "
+          f"would shrink to {median_box * scale:.0f} px, below the smallest anchor ({SMALLEST_ANCHOR} px); this input keeps it "
+          f"near {median_box * options['max_size'] / long_side:.0f} px (steps cost more: timed below)")
+    return options
+
+
 def _name(uri: str) -> str:
     base = re.sub(r"[^a-z0-9-]+", "-", Path(str(uri).rstrip("/")).name.lower()).strip("-")
     return (base or "activedet")[:40].strip("-") or "activedet"
@@ -142,8 +177,9 @@ def propose(dataset_uri: str, *, minutes: float = 30.0, device: str = "auto", me
         p.set("training.backbone_weights", weights, "ImageNet initialisation (the papers' start); cached under TORCH_HOME")
         p.set("training.lr", 0.01, "the papers' SGD learning rate for R50-FPN")
     else:
-        preset, options, batch = "tiny", {}, 8
+        preset, batch = "tiny", 8
         p.set("training.preset", preset, "the light CPU preset: a training step costs well under a second here")
+        options = input_size_for_boxes(ds, p)
     p.set("training.batch_size", batch, "images per step")
     step = None
     if measure:
