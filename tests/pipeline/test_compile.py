@@ -40,7 +40,7 @@ def test_cycles_are_unrolled_with_if_guards(cluster_experiment, tmp_path, compil
     cycles = cluster_experiment.cycles
     for base in ("start-cycle", "train-teacher", "generate-pseudo-labels", "train-student-ssl", "evaluate", "finish-cycle"):
         assert count(base) == cycles, base
-    for base in ("cycle-gate", "score-unlabeled", "merge-scores", "select-batch", "label-batch"):
+    for base in ("cycle-gate", "score-unlabeled", "merge-scores", "select-batch", "oracle"):
         assert count(base) == cycles - 1, base
     assert count("start-run") == count("init") == count("finish-run") == 1
     conditions = {n: t for n, t in tasks.items() if "triggerPolicy" in t and "condition" in t["triggerPolicy"]}
@@ -71,8 +71,8 @@ def test_stage_order_within_and_across_cycles(cluster_experiment, tmp_path, comp
     outs = spec["components"]["comp-finish-cycle"]["outputDefinitions"]["parameters"]
     assert {k: v["parameterType"] for k, v in outs.items()} == {"proceed": "BOOLEAN", "budget": "NUMBER_INTEGER", "summary": "STRING"}
     assert spec["components"]["comp-select-batch"]["inputDefinitions"]["parameters"]["budget"]["parameterType"] == "NUMBER_INTEGER"
-    assert deps("label-batch") == {"select-batch"}
-    assert "label-batch" in deps("start-cycle-2")  # the next cycle starts on the labeled batch
+    assert deps("oracle") == {"select-batch"}
+    assert "oracle" in deps("start-cycle-2")  # the next cycle starts on the labeled batch
     # The exit handler closes the MLflow parent run whatever happened.
     root = spec["root"]["dag"]["tasks"]
     assert root["finish-run"]["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -190,7 +190,7 @@ def test_export_labeling_ends_the_run_with_an_export(cluster_experiment, tmp_pat
     tasks = _all_tasks(spec)
     bases = {_base(n) for n in tasks}
     assert {"score-unlabeled", "merge-scores", "select-batch", "export-batch"} <= bases
-    assert "label-batch" not in bases and sum(_base(n) == "train-teacher" for n in tasks) == 1
+    assert "oracle" not in bases and sum(_base(n) == "train-teacher" for n in tasks) == 1
     assert "select-batch" in tasks["export-batch"]["dependentTasks"]
 
 

@@ -99,18 +99,22 @@ def test_cluster_compile_refuses_pod_local_storage(tmp_path, capsys):
 
 
 def test_stage_table_is_the_only_list():
-    """Every stage module declares its name and image; the AL components cover exactly the pipeline stages."""
-    from activedet.pipeline.components import KINDS, STAGE_OF
+    """Every stage module declares its name and image; components are generated from the stage table."""
+    import inspect
+
+    from activedet.pipeline.components import KINDS, STAGE_FUNCTIONS
     from activedet.stages import STAGES, stage_module
 
-    continuous_only = {"ingest", "import-labels", "promote"}  # components in activedet.ops.pipeline
-    assert set(STAGE_OF.values()) == set(STAGES) - continuous_only
+    continuous_only = {"ingest", "import-labels"}  # no from_experiment: activedet.ops.continuous builds them
+    assert set(STAGE_FUNCTIONS) == set(STAGES) - continuous_only
     for name in STAGES:
         module = stage_module(name)
         assert module.NAME == name and module.IMAGE in ("gpu", "cpu")
-    assert {f.__name__ for f, kind in KINDS.items() if kind == "gpu"} == {
-        f.__name__ for f, stage in STAGE_OF.items() if stage_module(stage).IMAGE == "gpu"
-    }
+    for name, func in STAGE_FUNCTIONS.items():
+        assert KINDS[func] == stage_module(name).IMAGE
+        assert f"steps.run_stage({name!r}" in inspect.getsource(func)  # KFP ships this source
+    params = inspect.signature(STAGE_FUNCTIONS["select-batch"]).parameters
+    assert params["budget"].annotation is int and inspect.signature(STAGE_FUNCTIONS["score-unlabeled"]).parameters["shard"].default == 0
 
 
 def test_one_cycle_run_still_checks_its_acquisition_settings(tmp_path, capsys):

@@ -1,6 +1,8 @@
 """KFP lightweight components: one per pipeline step, each a thin call into activedet.
 
-Each function below is the body of one component. KFP ships the function's source to the
+The glue steps (MLflow runs, cycle summary and gate, export, exit handler) are written below; the
+stage components are generated from the stage table (:data:`activedet.stages.STAGES`) by
+:func:`stage_function`, one per stage with a ``from_experiment``. KFP ships each function's source to the
 container and runs it there, so every import sits inside the function; the images carry the
 package (``install_kfp_package=False``, no ``packages_to_install``). Components pass the
 experiment JSON, the run root URI, the cycle number and small JSON results, never big artifacts:
@@ -34,41 +36,6 @@ def start_cycle(experiment: str, run_root: str, cycle: int, parent_run_id: str) 
     return steps.start_cycle(experiment, run_root, cycle, parent_run_id)
 
 
-def init(experiment: str, run_root: str) -> str:
-    """activedet.stages.init: the random initial labeled set of size I."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("init", experiment, run_root, 0)
-
-
-def train_teacher(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
-    """activedet.stages.train_teacher on the cycle's labeled images."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("train-teacher", experiment, run_root, cycle, cycle_run_id)
-
-
-def generate_pseudo_labels(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
-    """activedet.stages.generate_pseudo_labels: the teacher labels the unlabeled pool."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("generate-pseudo-labels", experiment, run_root, cycle, cycle_run_id)
-
-
-def train_student_ssl(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
-    """activedet.stages.train_student_ssl: the student on labeled + pseudo-labeled images."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("train-student-ssl", experiment, run_root, cycle, cycle_run_id)
-
-
-def evaluate(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
-    """activedet.stages.evaluate: COCO AP of the cycle's model on the val split."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("evaluate", experiment, run_root, cycle, cycle_run_id)
-
-
 def finish_cycle(
     experiment: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_result: str, pseudo_result: str
 ) -> NamedTuple("CycleEnd", [("proceed", bool), ("budget", int), ("summary", str)]):
@@ -96,34 +63,6 @@ def cycle_gate(proceed: bool) -> bool:
     return proceed
 
 
-def score_unlabeled(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard: int) -> str:
-    """activedet.stages.score_unlabeled on one shard of the pool."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("score-unlabeled", experiment, run_root, cycle, cycle_run_id, shard=shard)
-
-
-def merge_scores(experiment: str, run_root: str, cycle: int, cycle_run_id: str, shard_results: list = []) -> str:  # noqa: B006
-    """activedet.stages.merge_scores: the shards' tables into one (on a cluster, shard results fan the ParallelFor in)."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("merge-scores", experiment, run_root, cycle, cycle_run_id)
-
-
-def select_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str, budget: int) -> str:
-    """activedet.stages.select_batch: the next batch of ``budget`` images (finish-cycle's typed output)."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("select-batch", experiment, run_root, cycle, cycle_run_id, budget=budget)
-
-
-def label_batch(experiment: str, run_root: str, cycle: int, cycle_run_id: str) -> str:
-    """activedet.stages.oracle: reveal the selected images' ground truth (simulation)."""
-    from activedet.pipeline import steps
-
-    return steps.run_stage("oracle", experiment, run_root, cycle, cycle_run_id)
-
-
 def export_batch(experiment: str, run_root: str, cycle: int) -> str:
     """activedet.labels.export_batch: the selected batch as COCO JSON + manifest (production)."""
     from activedet.pipeline import steps
@@ -138,26 +77,62 @@ def finish_run(experiment: str, run_root: str, status: dsl.PipelineTaskFinalStat
     return steps.finish_run(experiment, run_root, status.state)
 
 
-#: component function -> the stage it runs (activedet.stages.STAGES)
-STAGE_OF = {
-    init: "init",
-    train_teacher: "train-teacher",
-    generate_pseudo_labels: "generate-pseudo-labels",
-    train_student_ssl: "train-student-ssl",
-    evaluate: "evaluate",
-    score_unlabeled: "score-unlabeled",
-    merge_scores: "merge-scores",
-    select_batch: "select-batch",
-    label_batch: "oracle",
-}
 #: glue steps around the stages (no stage of their own): CPU image
 GLUE = (start_run, start_cycle, finish_cycle, cycle_gate, export_batch, finish_run)
+
+_STAGE_COMPONENT = '''def {func}(experiment: str, run_root: str, cycle: int, cycle_run_id: str{params}) -> str:
+    """activedet.stages.{func}: {summary}"""
+    from activedet.pipeline import steps
+
+    return steps.run_stage({stage!r}, experiment, run_root, cycle, cycle_run_id{args})
+'''
+_TYPES = {"int": int, "str": str, "float": float, "bool": bool}
+
+
+def stage_function(stage: str):
+    """The component function of ``stage``, generated from its module (the stage table is the only list).
+
+    Signature: ``(experiment, run_root, cycle, cycle_run_id)`` plus the upstream values its
+    ``from_experiment`` takes (score-unlabeled's ``shard``, select-batch's ``budget``), typed for
+    KFP. The source is registered with :mod:`linecache` because KFP ships a component's source.
+    """
+    import inspect
+    import linecache
+
+    from activedet.stages import stage_module
+
+    module = stage_module(stage)
+    func = module.__name__.rsplit(".", 1)[-1]
+    upstream = list(inspect.signature(module.from_experiment).parameters.values())[3:]
+    params, args = "", ""
+    for p in upstream:
+        kind = _TYPES[str(p.annotation).split("|")[0].strip()]
+        default = "" if p.default in (inspect.Parameter.empty, None) else f" = {p.default!r}"
+        params += f", {p.name}: {kind.__name__}{default}"
+        args += f", {p.name}={p.name}"
+    summary = (module.__doc__ or stage).strip().splitlines()[0].replace('"', "'")
+    source = _STAGE_COMPONENT.format(func=func, params=params, args=args, stage=stage, summary=summary)
+    filename = f"<activedet component {func}>"
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    namespace: dict = {}
+    exec(compile(source, filename, "exec"), namespace)  # noqa: S102 (our own template)
+    return namespace[func]
+
+
+def _stage_functions() -> dict:
+    from activedet.stages import STAGES, stage_module
+
+    return {name: stage_function(name) for name in STAGES if hasattr(stage_module(name), "from_experiment")}
+
+
+#: stage name -> its generated component function (every stage with a ``from_experiment``)
+STAGE_FUNCTIONS = _stage_functions()
 
 
 def _kinds() -> dict:
     from activedet.stages import image_kind
 
-    return {**{f: "cpu" for f in GLUE}, **{f: image_kind(stage) for f, stage in STAGE_OF.items()}}
+    return {**{f: "cpu" for f in GLUE}, **{f: image_kind(stage) for stage, f in STAGE_FUNCTIONS.items()}}
 
 
 #: component function -> "gpu" or "cpu" image (a stage's from its module's IMAGE)

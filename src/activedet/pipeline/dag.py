@@ -7,8 +7,8 @@ KFP v2 has no recursion, so the cycles are unrolled at compile time::
     cycle k:  start-cycle -> train-teacher -> generate-pseudo-labels -> train-student-ssl
               -> evaluate -> finish-cycle (typed outputs: proceed, budget, summary) -> cycle-gate
     then, inside ``dsl.If(cycle-gate == True)``:
-              score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (dsl.Collected)
-              -> select-batch -> label-batch (oracle) -> cycle k + 1
+              score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (.after the loop)
+              -> select-batch -> oracle (simulated labeling) -> cycle k + 1
               (or, with ``labeling: export``, -> export-batch and the run ends: annotators take days)
 
 The last cycle stops after ``finish-cycle``; an earlier one stops when its gate says so (target
@@ -78,7 +78,7 @@ def score_and_merge(c, exp: ExperimentConfig, conf, *, name: str, platform: bool
     """score-unlabeled over the ``acquisition.shards`` shards, then merge-scores; returns the merge task.
 
     On a cluster the shards are a ``dsl.ParallelFor`` (``kubernetes.parallelism`` caps how many run at
-    once) fanned in with ``dsl.Collected``. For kfp.local they are unrolled into one task per shard:
+    once) that merge-scores waits for with ``.after()``. For kfp.local they are unrolled into one task per shard:
     kfp.local hands upstream task outputs (the continuous cycle's run root) to tasks inside a
     ParallelFor as 0.0.
     """
@@ -88,7 +88,7 @@ def score_and_merge(c, exp: ExperimentConfig, conf, *, name: str, platform: bool
             score = conf(c.score_unlabeled(shard=shard, **common))
             if after is not None:
                 score.after(after)
-        return conf(c.merge_scores(shard_results=dsl.Collected(score.output), **common))
+        return conf(c.merge_scores(**common).after(score))
     scores = [conf(c.score_unlabeled(shard=s, **common)) for s in shards]
     if after is not None:
         for score in scores:
@@ -113,7 +113,7 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
         finish = conf(c.finish_run(experiment=experiment, run_root=run_root))
         with dsl.ExitHandler(finish, name="active-learning"):
             start = conf(c.start_run(experiment=experiment, run_root=run_root))
-            init = conf(c.init(experiment=experiment, run_root=run_root).after(start))
+            init = conf(c.init(experiment=experiment, run_root=run_root, cycle=0, cycle_run_id="").after(start))
 
             def cycle(k: int, previous: dsl.PipelineTask) -> None:
                 common = {"experiment": experiment, "run_root": run_root, "cycle": k}
@@ -140,7 +140,7 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                     if exp.labeling == "export":  # annotators take days: this run ends with the export
                         conf(c.export_batch(**common).after(select))
                         return
-                    label = conf(c.label_batch(cycle_run_id=run_id, **common).after(select))
+                    label = conf(c.oracle(cycle_run_id=run_id, **common).after(select))
                     cycle(k + 1, label)
 
             cycle(0, init)
