@@ -174,6 +174,28 @@ def bench(args, tmp: Path) -> list[dict]:
     return rows
 
 
+def plot(rows: list[dict], path: Path) -> Path:
+    """MB/s per method, grouped by object size, the single get as a dashed line per size."""
+    from activedet.plots import save_png, subplots
+
+    sizes = sorted({r["object_mb"] for r in rows})
+    methods = [m for m in METHODS if m != BASELINE]
+    fig, ax = subplots(figsize=(9, 4))
+    width = 0.8 / len(methods)
+    for j, method in enumerate(methods):
+        vals = [next((r["value"] for r in rows if r["object_mb"] == mb and r["method"] == method), 0) for mb in sizes]
+        ax.bar([i + j * width for i in range(len(sizes))], vals, width, label=method)
+    for i, mb in enumerate(sizes):
+        base = next(r["baseline_value"] for r in rows if r["object_mb"] == mb)
+        ax.hlines(base, i - width / 2, i + 0.8 - width / 2, colors="k", linestyles="--",
+                  label=BASELINE if i == 0 else None)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(sizes))], [f"{mb:g} MB" for mb in sizes])
+    ax.set_ylabel("MB/s")
+    ax.set_title("S3 download (loopback server)")
+    ax.legend(fontsize=7)
+    return save_png(fig, path)
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--sizes", type=float, nargs="+", default=[1, 64, 512], help="object sizes in MB")
@@ -208,6 +230,8 @@ def main(argv=None) -> dict:
                   + f"; load average {load0} at start, {payload['loadavg_1m_at_end']} at end; "
                   f"best of {args.repeats} interleaved repeats (5x that up to 8 MB); wall time {payload['seconds'] / 60:.1f} min. "
                   f"Ratio = method / {BASELINE} of the same object.")
+    if rows:
+        plot(rows, args.out / f"{args.name}.png")
     return payload
 
 

@@ -171,6 +171,7 @@ def test_scale_smoke_runs_every_case_and_resumes(tmp_path):
     coreset = [r for r in rows if r["section"] == "core-set"]
     assert len(coreset) == 6 and all(r["same_picks_as_plain"] in (None, True) for r in coreset)
     assert payload["machine"]["loadavg_1m"] >= 0 and (tmp_path / "out" / "scale_smoke.md").exists()
+    assert (tmp_path / "out" / "scale_smoke.png").stat().st_size > 0
     # a second run finds every case done (cases.jsonl) and reports the same figures
     again = scale.main(argv)
     assert [r["value"] for r in again["rows"]] == [r["value"] for r in rows]
@@ -182,3 +183,4 @@ def test_s3_download_smoke_compares_every_method_per_size(tmp_path):
     assert methods == set(s3_download.METHODS) - {s3_download.BASELINE}
     assert {r["object_mb"] for r in payload["rows"]} == {1, 4}
     assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in payload["rows"])
+    assert (tmp_path / "s3.png").stat().st_size > 0

@@ -168,3 +168,12 @@ def test_download_of_a_missing_key_leaves_no_temp_file(s3_bucket, tmp_path):
     with pytest.raises(StoreError, match=f"object not found: {s3_bucket}/nope.bin"):
         store.download(f"{s3_bucket}/nope.bin", tmp_path / "nope.bin")
     assert not list(tmp_path.iterdir())
+
+
+def test_large_objects_download_through_the_transfer_manager_as_one_get(s3_bucket, tmp_path, monkeypatch):
+    data = os.urandom(3 * 1024 * 1024 + 1)
+    uri = store.join(s3_bucket, "large/obj.bin")
+    store.write_bytes(uri, data)
+    monkeypatch.setattr(store, "STREAM_MAX", 1024 * 1024)
+    assert store.download(uri, tmp_path / "obj.bin").read_bytes() == data
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.bin"]
