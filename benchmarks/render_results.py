@@ -205,6 +205,24 @@ def throughput_section(tp: dict | None) -> str:
                       "", _table(["section", "measure", "activedet", "baseline", "baseline value", "ratio"], rows), ""])
 
 
+def figures_section(doc: dict | None, title: str, intro: str) -> str:
+    """A figures table (benchmarks/common.py's rows) with the run's load average; empty while absent."""
+    if doc is None:
+        return ""
+    rows = [[r["name"], f"{_f(r['value'], 2)} {r['unit']}", r["baseline"],
+             "n/a" if r["baseline_value"] is None else f"{_f(r['baseline_value'], 2)} {r['unit']}",
+             "n/a" if r["ratio"] is None else f"{_f(r['ratio'], 2)}x"] for r in doc["rows"]]
+    load = f"load average {doc.get('loadavg_1m_at_start')} at start"
+    return "\n".join([f"### {title}", "", f"`{doc['command']}` ({load}): {intro}", "",
+                      _table(["measure", "activedet", "baseline", "baseline value", "ratio"], rows), ""])
+
+
+SCALE_INTRO = ("10^6-image pool tables, one thread, fresh process per case; ratio = baseline / ours (> 1: ours better; "
+               "core-set: the memory-traffic bound at the read bandwidth measured in the run, goal ratio >= 0.5). Per-case load and "
+               "pruning figures: `benchmarks/results/scale.md`.")
+S3_INTRO = "download MB/s against the loopback S3 server; ratio = method / a single `get_object().read()` of the same object."
+
+
 def ssl_section(ssl: dict | None) -> str:
     if ssl is None:
         return "### SSL student\n\nNo committed `benchmarks/results/ssl_student.json`.\n"
@@ -251,7 +269,9 @@ def readme_block() -> str:
     parts = [BEGIN, "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py` (full tables: "
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
-             teacher_section(_load("teacher")), verify_section(vc), END]
+             teacher_section(_load("teacher")), verify_section(vc),
+             figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
+             figures_section(_load("s3_download"), "S3 downloads", S3_INTRO), END]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
 
 
@@ -261,7 +281,9 @@ def results_page() -> str:
              "(CI runs `--check`). What each benchmark measures: [benchmarks/README.md](../benchmarks/README.md). "
              + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
-             teacher_section(_load("teacher")), verify_section(vc)]
+             teacher_section(_load("teacher")), verify_section(vc),
+             figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
+             figures_section(_load("s3_download"), "S3 downloads", S3_INTRO)]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
 
 

@@ -97,3 +97,10 @@ def _check_outputs(exp, outcome, run_dir: Path) -> None:
     assert "budget_curve.png" in {a.path for a in client.list_artifacts(parent)}
     summary = json.loads((run_dir / "store" / "summary" / "summary.json").read_text())
     assert summary["state"] == "SUCCEEDED" and len(summary["cycles"]) == exp.cycles
+    # Label efficiency of the run (AUC@B, metric@B) in the summary and on the parent run.
+    from activedet.pipeline.report import label_efficiency
+
+    assert summary["label_efficiency"] == pytest.approx(label_efficiency(summary["cycles"]), nan_ok=True)
+    parent_metrics = client.get_run(parent).data.metrics
+    assert {"auc.AP", "auc.AP50", "budget_pct_final"} <= set(parent_metrics)
+    assert parent_metrics["auc.AP50"] == pytest.approx(summary["label_efficiency"]["auc.AP50"])

@@ -41,7 +41,7 @@ def test_failure_summary_labels_a_bug_with_its_type():
 
 @pytest.mark.slow
 def test_failed_local_run_prints_one_line_without_traceback_or_colour(make_synth, tmp_path):
-    ds = Path(make_synth(sequences=6, frames=3, height=64, width=128, val_fraction=0.34, test_fraction=0.0))
+    ds = Path(make_synth(sequences=8, frames=3, height=64, width=128, val_fraction=0.34, test_fraction=0.0))
     images = pq.read_table(ds / "images.parquet").to_pylist()
     for row in images:  # every train image unreadable: the teacher fails on its first batch
         if row["split"] == "train":

@@ -91,8 +91,9 @@ def start_run(experiment_json: str, run_root: str) -> str:
     parent = ""
     if uri:
         client = _client(uri)
-        found = client.get_experiment_by_name(exp.mlflow.experiment)
-        exp_id = found.experiment_id if found else client.create_experiment(exp.mlflow.experiment)
+        from activedet.tracking import ensure_experiment
+
+        exp_id = ensure_experiment(client, exp.mlflow.experiment, uri)
         run = client.create_run(exp_id, run_name=exp.name, tags={"activedet.run_root": run_root, "activedet.kind": "pipeline"})
         parent = run.info.run_id
         params = flatten_params(exp.model_dump(mode="json", exclude={"kubernetes"}))
@@ -166,8 +167,8 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     setup_logging()
     exp = experiment_from_json(experiment_json)
     uri = tracking_uri(exp)
-    stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard) if uri and cycle_run_id else ""
     shard = upstream.get("shard")
+    stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard) if uri and cycle_run_id else ""
     module = stage_module(stage)
     config = plan.stage_config(
         stage, exp, run_root, cycle, tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None, **upstream
@@ -338,7 +339,9 @@ def finish_run(experiment_json: str, run_root: str, state: str) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "budget_curve.png"
         summary = Path(tmp) / "summary.json"
-        summary.write_text(json.dumps({"state": state, "cycles": rows}, indent=2, default=str))
+        target = exp.stopping.target_ap
+        efficiency = report.label_efficiency(rows, target=target, target_metric=exp.stopping.metric)
+        summary.write_text(json.dumps({"state": state, "cycles": rows, "label_efficiency": efficiency}, indent=2, default=str))
         store.upload(summary, store.join(lay.summary_dir, "summary.json"))
         if rows:
             report.plot_budget_curve(rows, png, title=f"{exp.name}: {exp.acquisition.strategy}")
@@ -348,6 +351,7 @@ def finish_run(experiment_json: str, run_root: str, state: str) -> str:
         if parent and uri:
             client = _client(uri)
             client.log_artifact(parent, str(summary))
+            _log_metrics(client, parent, {k: v for k, v in efficiency.items() if v == v}, step=0)  # NaN: never reached
             if rows:
                 client.log_artifact(parent, str(png))
             client.set_terminated(parent, "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED")
