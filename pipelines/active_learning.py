@@ -14,7 +14,7 @@ import argparse
 import sys
 
 from activedet.pipeline.dag import build_pipeline, compile_pipeline
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 __all__ = ["build_pipeline", "compile_pipeline", "load_experiment"]
 

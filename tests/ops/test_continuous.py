@@ -11,7 +11,7 @@ from activedet.al.ledger import counts, read_ledger
 from activedet.data.dataset import load_dataset
 from activedet.ops.pipeline import compile_continuous, run_local
 from activedet.ops.state import StateStore
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 CONFIG = {
     "name": "cont",

@@ -10,7 +10,7 @@ import pytest
 import yaml
 
 from activedet.errors import ConfigError
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 BASE = {"name": "k8s", "dataset": {"uri": "s3://b/ds"}, "store_root": "s3://b/runs", "initial_size": 2, "budget": 2,
         "cycles": 2, "acquisition": {"shards": 3}}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 ROOT = Path(__file__).resolve().parents[2]
 

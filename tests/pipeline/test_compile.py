@@ -196,7 +196,7 @@ def test_export_labeling_ends_the_run_with_an_export(cluster_experiment, tmp_pat
 
 def test_export_labeling_requires_one_cycle_per_run(cluster_experiment):
     from activedet.errors import ConfigError
-    from activedet.pipeline.experiment import load_experiment
+    from activedet.pipeline.plan import load_experiment
 
     data = cluster_experiment.model_dump()
     data.update(labeling="export", cycles=3)

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from activedet.cli.main import main
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 CONFIGS = sorted((Path(__file__).resolve().parents[2] / "configs").glob("*.yaml"))
 

@@ -7,7 +7,7 @@ import pytest
 from activedet.cli.main import main
 from activedet.errors import ConfigError
 from activedet.pipeline import plan
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 BASE = {"name": "t", "dataset": {"uri": "s3://data/x"}, "initial_size": 10, "budget": 5, "cycles": 3}
 

@@ -6,8 +6,8 @@ import json
 
 from activedet import store
 from activedet.pipeline import steps
-from activedet.pipeline.experiment import load_experiment
 from activedet.pipeline.layout import RunLayout
+from activedet.pipeline.plan import load_experiment
 from activedet.stages import init, select_batch
 
 

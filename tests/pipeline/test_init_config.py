@@ -7,8 +7,8 @@ from pathlib import Path
 import yaml
 
 from activedet.cli.main import main
-from activedet.pipeline.experiment import load_experiment
 from activedet.pipeline.init_config import propose, render_yaml
+from activedet.pipeline.plan import load_experiment
 
 
 def test_written_config_validates_and_explains_every_value(make_synth, tmp_path, capsys):

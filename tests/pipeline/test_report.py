@@ -6,8 +6,8 @@ import pytest
 
 from activedet import store
 from activedet.pipeline import report
-from activedet.pipeline.experiment import load_experiment
 from activedet.pipeline.layout import RunLayout
+from activedet.pipeline.plan import load_experiment
 from activedet.pipeline.steps import flatten_numbers
 
 ROWS = [

@@ -9,7 +9,7 @@ import yaml
 
 from activedet.cli.main import main
 from activedet.pipeline import plan
-from activedet.pipeline.experiment import load_experiment
+from activedet.pipeline.plan import load_experiment
 
 BASE = {
     "name": "v",

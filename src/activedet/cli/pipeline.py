@@ -20,7 +20,7 @@ DEMO_CONFIG = "configs/demo.yaml"
 
 def _load(path: str, **overrides):
     """The experiment, validated as ``activedet validate`` does (every stage config of every cycle)."""
-    from activedet.pipeline.experiment import load_experiment
+    from activedet.pipeline.plan import load_experiment
 
     return load_experiment(path, **overrides)
 

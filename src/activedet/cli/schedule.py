@@ -31,7 +31,7 @@ def default_compiler(config_path: str, out_dir: Path):
 
 def create(args: argparse.Namespace, *, client=None, compiler=default_compiler) -> int:
     """Handler of ``activedet schedule CONFIG``; ``client``/``compiler`` are injectable for tests."""
-    from activedet.pipeline.experiment import load_experiment
+    from activedet.pipeline.plan import load_experiment
 
     exp = load_experiment(args.config)  # validate first: bad input must not reach the compiler or server
     to_kfp_cron(args.cron)

@@ -23,7 +23,8 @@ from activedet.ops.continuous import pipeline_params
 from activedet.ops.state import StateStore
 from activedet.pipeline.components import make_components
 from activedet.pipeline.dag import _configure, score_and_merge
-from activedet.pipeline.experiment import ExperimentConfig, load_experiment
+from activedet.pipeline.experiment import ExperimentConfig
+from activedet.pipeline.plan import load_experiment
 
 
 def begin(experiment: str, state_root: str) -> str:

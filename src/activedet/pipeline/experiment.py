@@ -1,7 +1,7 @@
 """The experiment config: one typed, frozen model that drives local runs and cluster runs alike.
 
 A YAML file (see ``configs/demo.yaml`` and ``configs/voc_r50_cluster.yaml``) is loaded with
-:func:`load_experiment`; unknown keys are rejected with the valid ones listed, at any depth.
+:func:`activedet.pipeline.plan.load_experiment` (parse, then build and check every stage config); unknown keys are rejected with the valid ones listed, at any depth.
 The same object compiles the KFP pipeline (:mod:`activedet.pipeline.build`), runs it locally
 through ``kfp.local`` (:mod:`activedet.pipeline.local`) and, serialised to JSON, is the one
 pipeline parameter every component receives.
@@ -10,7 +10,6 @@ pipeline parameter every component receives.
 from __future__ import annotations
 
 import re
-from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import Field, model_validator
@@ -229,21 +228,6 @@ class ExperimentConfig(FrozenModel):
 
     def to_json(self) -> str:
         return self.model_dump_json()
-
-
-def load_experiment(source: str | Path | dict, *, check: bool = True, **overrides) -> ExperimentConfig:
-    """Load and validate an experiment config; errors are one-line :class:`ConfigError`.
-
-    With ``check`` (the default) every stage config of every cycle is built and the cross-stage
-    rules are checked too (:func:`activedet.pipeline.plan.validate`), so a bad value fails here,
-    naming its key path, not in the stage that first uses it.
-    """
-    exp = load_config(ExperimentConfig, source, **overrides)
-    if check:
-        from activedet.pipeline import plan
-
-        plan.validate(exp, where=str(source) if isinstance(source, (str, Path)) else "experiment")
-    return exp
 
 
 def experiment_from_json(text: str) -> ExperimentConfig:

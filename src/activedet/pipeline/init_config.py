@@ -218,7 +218,7 @@ def propose(dataset_uri: str, *, minutes: float = 30.0, device: str = "auto", me
     p.set("acquisition.strategy", strategy, why)
     p.set("mlflow.experiment", p.config["name"], "MLflow experiment the cycles are logged under")
 
-    from activedet.pipeline.experiment import load_experiment
+    from activedet.pipeline.plan import load_experiment
 
     load_experiment(p.config)  # never write a file `activedet run` would refuse
     return p

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from activedet import store
-from activedet.config import StageConfig
+from activedet.config import StageConfig, load_config
 from activedet.errors import ActivedetError, ConfigError
 from activedet.pipeline.experiment import ExperimentConfig
 from activedet.pipeline.layout import RunLayout
@@ -87,6 +87,19 @@ def resolve(exp: ExperimentConfig, run_root: str = VALIDATION_ROOT) -> dict[str,
             configs.setdefault(stage, config.model_dump(mode="json", exclude=tracking))
         out[f"cycle-{cycle:02d}"] = configs
     return out
+
+
+def load_experiment(source: str | Path | dict, *, check: bool = True, **overrides) -> ExperimentConfig:
+    """Load and validate an experiment config; errors are one-line :class:`ConfigError`.
+
+    With ``check`` (the default) every stage config of every cycle is built and the cross-stage
+    rules are checked too (:func:`validate`), so a bad value fails here, naming its key path, not
+    in the stage that first uses it. ``check=False`` only parses (the experiment schema).
+    """
+    exp = load_config(ExperimentConfig, source, **overrides)
+    if check:
+        validate(exp, where=str(source) if isinstance(source, (str, Path)) else "experiment")
+    return exp
 
 
 def validate(exp: ExperimentConfig, where: str = "experiment") -> dict[str, dict[str, Any]]:
