@@ -6,7 +6,8 @@ Tables (box format is always ``xyxy`` in absolute pixels):
   ``sequence_id``/``frame_index``/``timestamp`` (nullable; driving logs), ``split``.
 * **boxes** -- one row per box: ``image_id``, ``x1, y1, x2, y2`` (float32), ``category_id``
   (int32), ``score`` (float32, 1.0 for ground truth), ``source`` (gt / pseudo / pred), plus the
-  optional columns later stages add: ``reliable`` (bool), ``loc_quality`` (float32),
+  optional columns later stages add: ``reliable`` (bool), ``loc_quality`` (float32 in [0, 1], the
+  certainty-aware box head's localization quality ``v``; null where the detector gives none),
   ``class_probs`` (list<float32>, C + 1 entries: index 0 is background, index k is the k-th
   category in ascending ``id`` order -- torchvision's label convention).
 * **categories** -- ``id``, ``name``; stored once per dataset.
@@ -215,9 +216,9 @@ def validate_boxes(
     """Validate and cast a boxes table.
 
     Rejects NaN/inf coordinates, ``x2 <= x1`` or ``y2 <= y1``, unknown ``source``, scores outside
-    [0, 1], and -- when ``categories``/``images`` are given -- unknown categories, unknown image_ids
-    and boxes entirely outside their image. Boxes partly outside the image are clipped to it (when
-    ``clip``); the report counts them.
+    [0, 1], ``loc_quality`` outside [0, 1] (null allowed), and -- when ``categories``/``images``
+    are given -- unknown categories, unknown image_ids and boxes entirely outside their image.
+    Boxes partly outside the image are clipped to it (when ``clip``); the report counts them.
     """
     table = _cast("boxes", table, BOXES, BOX_OPTIONAL, where)
     ids = table.column("image_id").to_pylist()
@@ -234,6 +235,11 @@ def validate_boxes(
     mask = ~np.isfinite(score) | (score < 0) | (score > 1)
     if mask.any():
         _fail("boxes", "score", mask, ids, "score must be in [0, 1]", where)
+    if "loc_quality" in table.column_names:  # null = the detector gives none (standard box head)
+        q = table.column("loc_quality").to_numpy(zero_copy_only=False).astype(np.float64)
+        mask = ~np.isnan(q) & ((q < 0) | (q > 1) | ~np.isfinite(q))
+        if mask.any():
+            _fail("boxes", "loc_quality", mask, ids, "loc_quality must be in [0, 1] or null", where)
     _check_members("boxes", table, "source", BOX_SOURCES, where)
     if categories is not None:
         known = pa.array(categories.column("id").cast(pa.int32()).to_pylist(), pa.int32())

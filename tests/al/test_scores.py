@@ -80,13 +80,54 @@ def test_inconsistency_unmatched_boxes_as_documented():
     only_original = prediction("a", BOX, probs, flipped=dets(np.zeros((0, 4)), np.zeros((0, 4))))
     assert S.InconsistencyScore(unmatched="ignore")(only_original) == 0.0
     assert S.InconsistencyScore(unmatched="background")(only_original) > 1.0
-    # seen only in the flipped view: still inconsistent
+    # seen only in the flipped view: ignored by default, inconsistent against background
     only_flipped = prediction("b", np.zeros((0, 4)), np.zeros((0, 4)), flipped=dets(BOX, probs))
-    assert S.InconsistencyScore()(only_flipped) > 1.0
+    assert S.InconsistencyScore()(only_flipped) == 0.0
+    assert S.InconsistencyScore(unmatched="background")(only_flipped) > 1.0
     # far-away boxes do not match
     apart = prediction("c", BOX, probs, flipped=dets([[40, 0, 60, 20]], probs))
     assert S.InconsistencyScore(unmatched="ignore")(apart) == 0.0
     assert S.InconsistencyScore(unmatched="background")(apart) > 1.0
+
+
+def test_inconsistency_flicker_across_the_floor_is_no_phantom_disagreement():
+    """A box seen in one view only because its score crossed the floor in the other must not
+    outrank a genuinely disagreeing matched pair (it did with unmatched="background" by default)."""
+    disagree_o, disagree_f = [0.1, 0.6, 0.2, 0.1], [0.1, 0.3, 0.5, 0.1]
+    flicker = [0.9, 0.06, 0.02, 0.02]  # score 0.06 here; 0.04 in the flipped view: cut by the predictor
+    orig = dets([[0, 0, 10, 10], [40, 0, 60, 20]], [disagree_o, flicker])
+    flip = dets([[0, 0, 10, 10]], [disagree_f])
+    p = prediction("a", orig.boxes, orig.class_probs, flipped=flip)
+    matched = float(S.symmetric_kl(np.array(disagree_o), np.array(disagree_f)))
+    assert S.InconsistencyScore()(p) == pytest.approx(matched)
+    assert S.InconsistencyScore(unmatched="background")(p) > 2 * matched  # the phantom, when asked for
+    # with the partner kept (the stage's predictor floor sits below the scorer's), it matches
+    flip_low = dets([[0, 0, 10, 10], [41, 0, 61, 20]], [disagree_f, [0.92, 0.04, 0.02, 0.02]])
+    p_low = prediction("b", orig.boxes, orig.class_probs, flipped=flip_low)
+    assert S.InconsistencyScore(unmatched="background")(p_low) == pytest.approx(matched)
+
+
+def test_score_unlabeled_predicts_below_the_scorers_floor():
+    from activedet.stages.score_unlabeled import Config
+
+    base = {"checkpoint_uri": "c", "dataset_uri": "d", "ledger_uri": "l", "output_uri": "o"}
+    cfg = Config(**base)
+    assert cfg.unmatched == "ignore"
+    assert 0 < cfg.detector_floor < cfg.score_floor
+    assert Config(**base, score_floor=0.2, predict_floor=0.05).detector_floor == 0.05
+    with pytest.raises(ValueError, match="below score_floor"):
+        Config(**base, predict_floor=0.05)
+
+
+def test_localization_score_is_one_minus_v_max_over_boxes():
+    p = prediction("a", [[0, 0, 10, 10], [20, 0, 30, 10], [40, 0, 50, 10]], [[0.1, 0.9, 0, 0]] * 3,
+                   scores=[0.9, 0.9, 0.01])
+    p.detections.loc_quality = np.array([0.9, 0.6, 0.05], np.float32)
+    assert S.LocalizationScore()(p) == pytest.approx(0.4)  # the third box is below the floor
+    assert S.LocalizationScore(aggregation="mean")(p) == pytest.approx(0.25)
+    assert "localization" in S.SCORES.names()
+    with pytest.raises(ActivedetError, match="box_head: certainty"):
+        S.LocalizationScore()(prediction("b", BOX, [[0.1, 0.9, 0, 0]]))
 
 
 def test_inconsistency_needs_flipped():

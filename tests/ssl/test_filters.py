@@ -118,6 +118,50 @@ def test_dynamic_clips_thresholds_and_uses_loc_quality():
     assert res.boxes.num_rows == 21  # 0.9 >= 0.6 and 0.9 >= 0.4
 
 
+def test_dynamic_changes_with_v_from_the_certainty_head_predictions():
+    """loc_quality flows from predictions into the candidates and so into c_m = sum p * v."""
+    from activedet.models.types import Detections, ImagePrediction
+    from activedet.ssl.pseudo_labels import candidates_from_predictions
+
+    def preds(v):
+        boxes = np.array([[10 * i, 0, 10 * i + 5, 5] for i in range(6)], np.float32)
+        cats = np.array([1] * 5 + [2])
+        d = Detections(boxes, cats, np.full(6, 0.8, np.float32), np.tile([[0.1, 0.8, 0.1]], (6, 1)).astype(np.float32),
+                       loc_quality=None if v is None else np.asarray(v, np.float32))
+        return [ImagePrediction("a", 64, 32, d)]
+
+    ctx = FilterContext(category_ids=[1, 2])
+    std = candidates_from_predictions(preds(None))
+    assert std.column("loc_quality").null_count == 6  # standard head: v = 1 in dynamic
+    sure = candidates_from_predictions(preds([1.0] * 6))
+    unsure = candidates_from_predictions(preds([0.2] * 5 + [1.0]))
+    r_std, r_sure, r_unsure = (apply_filter("dynamic", c, ctx, {"gamma1": 1.0}) for c in (std, sure, unsure))
+    assert r_std.thresholds == r_sure.thresholds and r_std.weights == r_sure.weights
+    # class 1: c_1 = 5 * 0.8 * 0.2 = 0.8, n_bar = 3 -> tau_1 = (0.8 / 3) * 0.7 -> clipped to 0.4
+    assert r_sure.thresholds[1] == pytest.approx(0.9) and r_unsure.thresholds[1] == pytest.approx(0.4)
+    assert r_unsure.weights[1] == pytest.approx((3 / 0.8) ** 0.6)
+    assert r_unsure.thresholds[2] == r_sure.thresholds[2]
+
+
+def test_loc_quality_gate_drops_or_marks_uncertain():
+    rows = [("a", 1, 0.99), ("a", 1, 0.99), ("b", 2, 0.99)]
+    cands = table(rows, extra={"loc_quality": [0.9, 0.3, None]})
+    ctx = FilterContext(category_ids=[1, 2])
+    off = apply_filter("fixed", cands, ctx, {"tau": 0.5})
+    assert off.boxes.num_rows == 3
+    drop = apply_filter("fixed", cands, ctx, {"tau": 0.5, "min_loc_quality": 0.5})
+    assert drop.boxes.column("loc_quality").to_pylist() == [pytest.approx(0.9), None]  # null (no v) passes
+    assert drop.per_class[1].kept == 1 and drop.info["loc_quality_gated"] == 1
+    assert drop.to_json()["params"]["min_loc_quality"] == 0.5
+    unc = apply_filter("dynamic", cands, ctx, {"min_loc_quality": 0.5, "below_loc_quality": "uncertain"})
+    assert unc.boxes.num_rows == 3 and unc.boxes.column("reliable").to_pylist() == [True, False, True]
+    assert unc.per_class[1].reliable == 1
+    with pytest.raises(ConfigError, match="min_loc_quality"):
+        apply_filter("fixed", cands, ctx, {"min_loc_quality": 1.5})
+    with pytest.raises(ConfigError, match="below_loc_quality"):
+        apply_filter("act", cands, FilterContext(category_ids=[1, 2], num_labeled_images=1), {"below_loc_quality": "keep"})
+
+
 def test_dynamic_gamma_zero_disables_both_parts():
     rows = [("a", 1, 0.95), ("a", 1, 0.85), ("b", 2, 0.6)]
     res = apply_filter("dynamic", table(rows), FilterContext(category_ids=[1, 2]), {"gamma1": 0, "gamma2": 0})

@@ -16,8 +16,18 @@ Registered scores (registry ``SCORES``, kind "acquisition score"):
   (mapped back to the original frame) are matched greedily by IoU; a matched pair scores the
   symmetric KL ``(KL(p||q) + KL(q||p)) / 2`` or the Jensen-Shannon divergence of their ``q``. An
   unmatched box (no partner with IoU >= ``match_iou`` among *all* boxes of the other view) is, by
-  default (``unmatched="background"``), scored against a pure-background distribution -- the other
-  view saw nothing there, the strongest disagreement; ``unmatched="ignore"`` drops it instead.
+  default (``unmatched="ignore"``), left out; ``unmatched="background"`` scores it against a
+  pure-background distribution (the other view saw nothing there). Background is not the default:
+  a box whose score flickers across the predictor's floor between the views is unmatched only
+  because its partner was cut, and against background it scores as the strongest disagreement
+  (symmetric KL ~0.5 and more, vs ~0.1 for a genuinely disagreeing matched pair) and dominates the
+  image's max. For the same reason the score-unlabeled stage runs the predictor with a floor below
+  the scorer's (``predict_floor < score_floor``): a scored box's partner just under the scorer's
+  floor is still there to match.
+* ``localization`` -- ``1 - v`` per box, ``v`` the certainty-aware box head's localization quality
+  (``loc_quality``, Li et al. eq. 4): how unsure the detector is *where* the object is. Needs a
+  detector with ``box_head: certainty``. A column like the others, so any score-ranking strategy
+  (``topk``, ``prefilter_coreset``, ``uniform_topk``, ``class_balanced``) can use it.
 * ``mc_dropout`` -- BALD mutual information per box over T dropout passes:
   ``H(mean_t p_t) - mean_t H(p_t)``.
 
@@ -189,7 +199,7 @@ class InconsistencyScore(AcquisitionScore):
     needs = frozenset({"flipped"})
 
     def __init__(self, *, divergence: Literal["kl", "js"] = "kl", match_iou: float = 0.5,
-                 unmatched: Literal["background", "ignore"] = "background", **kwargs):
+                 unmatched: Literal["background", "ignore"] = "ignore", **kwargs):
         super().__init__(**kwargs)
         if divergence not in ("kl", "js"):
             raise ActivedetError(f"inconsistency: unknown divergence {divergence!r}; valid: kl, js")
@@ -226,6 +236,24 @@ class InconsistencyScore(AcquisitionScore):
         return np.asarray(out, np.float64)
 
 
+@SCORES.register("localization")
+class LocalizationScore(AcquisitionScore):
+    """``1 - v`` of each box (``v``: the certainty head's localization quality)."""
+
+    name = "localization"
+
+    def box_scores(self, pred: ImagePrediction, keep: np.ndarray) -> np.ndarray:
+        quality = pred.detections.loc_quality
+        if quality is None:
+            if len(pred.detections) == 0:
+                return np.empty(0)
+            raise ActivedetError(
+                f"acquisition score 'localization' needs localization quality (a detector with preset_options "
+                f"box_head: certainty); image {pred.image_id!r} has none"
+            )
+        return 1.0 - np.clip(np.asarray(quality, np.float64)[keep], 0.0, 1.0)
+
+
 @SCORES.register("mc_dropout")
 class MCDropoutScore(AcquisitionScore):
     """BALD mutual information of each box over T MC-dropout passes."""
@@ -246,7 +274,7 @@ class MCDropoutScore(AcquisitionScore):
 
 def build_scorers(names: list[str], *, score_floor: float = 0.05, entropy_aggregation: Aggregation = "max",
                   divergence: Literal["kl", "js"] = "kl", match_iou: float = 0.5,
-                  unmatched: Literal["background", "ignore"] = "background") -> dict[str, AcquisitionScore]:
+                  unmatched: Literal["background", "ignore"] = "ignore") -> dict[str, AcquisitionScore]:
     """Instantiate the registered scores in ``names`` with the stage's options."""
     out: dict[str, AcquisitionScore] = {}
     for name in names:

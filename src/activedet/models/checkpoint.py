@@ -3,8 +3,9 @@
 A checkpoint is a folder (local or ``s3://``) holding::
 
     model.safetensors   the model's state dict (tensors only)
-    meta.json           preset + options, class names and category ids, input size, training
-                        config, data digest, metrics, package version, parent run ids
+    meta.json           preset + options, class names and category ids, input size, box head
+                        (``box_head``: type and intervals K), training config, data digest,
+                        metrics, package version, parent run ids
     _MANIFEST.json      the commit (sizes, sha256): a folder without one is never loaded
 
 Both files are checked against the manifest's sha256 before they are parsed.
@@ -28,6 +29,7 @@ from safetensors.torch import load_file, save_file
 
 from activedet import __version__, store
 from activedet.errors import ActivedetError, IncompleteOutputError, StoreError
+from activedet.models.certainty_head import head_spec
 from activedet.models.presets import build_model
 
 WEIGHTS = "model.safetensors"
@@ -103,9 +105,34 @@ def checkpoint_meta(detector: Detector, **extra: Any) -> dict[str, Any]:
         category_ids=detector.category_ids,
         class_names=detector.class_names,
         input_size=detector.input_size(),
+        box_head=head_spec(detector.model),
         package_version=__version__,
     )
     return meta
+
+
+def meta_head(meta: dict) -> dict[str, Any]:
+    """The box head a checkpoint's meta records (older checkpoints: from its preset options)."""
+    if isinstance(meta.get("box_head"), dict):
+        return {k: meta["box_head"][k] for k in ("type", "intervals") if k in meta["box_head"]}
+    options = meta.get("options") or {}
+    if options.get("box_head", "standard") == "standard":
+        return {"type": "standard"}
+    return {"type": options["box_head"], "intervals": options.get("intervals", 30)}
+
+
+def check_head(meta: dict, detector: Detector, *, where: str) -> None:
+    """Refuse a checkpoint whose box head (type, intervals K) differs from ``detector``'s."""
+    def describe(h: dict) -> str:
+        return h["type"] + (f" (intervals={h['intervals']})" if "intervals" in h else "")
+
+    theirs = meta_head(meta)
+    ours = {k: v for k, v in head_spec(detector.model).items() if k in ("type", "intervals")}
+    if theirs != ours:
+        raise CheckpointError(
+            f"checkpoint {where} has box head {describe(theirs)}, but the detector has {describe(ours)}: "
+            "set preset_options box_head/intervals to match, or train from scratch"
+        )
 
 
 def _state_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -244,6 +271,7 @@ def load_weights(detector: Detector, checkpoint_uri: str) -> dict[str, Any]:
         )
     if meta["preset"] != detector.preset:
         raise CheckpointError(f"checkpoint {checkpoint_uri} is preset {meta['preset']!r}, expected {detector.preset!r}")
+    check_head(meta, detector, where=checkpoint_uri)
     _load_state(detector, read_state(checkpoint_uri), checkpoint_uri)
     return meta
 

@@ -26,7 +26,14 @@ from typing import Any
 import torch
 
 from activedet import store
-from activedet.models.checkpoint import META, Detector, committed_checkpoint, read_checkpoint_meta, read_state
+from activedet.models.checkpoint import (
+    META,
+    Detector,
+    check_head,
+    committed_checkpoint,
+    read_checkpoint_meta,
+    read_state,
+)
 from activedet.models.presets import BACKBONE_KEYS, PRETRAINED_DEFAULTS
 from activedet.models.weights import (
     WeightsError,
@@ -176,6 +183,8 @@ def _activedet_checkpoint(spec: str, detector: Detector) -> tuple[dict, dict, bo
     prefix, manifest, sub = committed_checkpoint(folder)
     entry = manifest["files"].get(store.join(sub, "model.safetensors").lstrip("/"), {})
     same = (list(meta["category_ids"]), list(meta["class_names"])) == (detector.category_ids, detector.class_names)
+    if same:  # its predictor would be loaded: it must be the same kind of box head (other classes: re-initialised)
+        check_head(meta, detector, where=spec)
     record = WeightsSource(spec, store.join(prefix, sub, "model.safetensors"), entry.get("sha256", ""), meta["preset"]).to_dict()
     return state, {**record, "meta": meta}, same
 

@@ -23,7 +23,7 @@ from activedet.errors import ConfigError
 from activedet.models.checkpoint import Detector
 from activedet.models.data import read_image
 from activedet.models.roi_heads import mc_dropout
-from activedet.models.types import Detections, ImagePrediction
+from activedet.models.types import Detections, ImagePrediction, loc_quality_values
 from activedet.progress import Progress
 from activedet.store import ContentCache
 
@@ -156,11 +156,13 @@ class Predictor:
 
     def _dets(self, r: dict, prefix: str) -> Detections:
         labels = r[f"{prefix}labels"].cpu().numpy()
+        quality = r.get(f"{prefix}loc_quality")  # certainty head only
         return Detections(
             boxes=r[f"{prefix}boxes"].cpu().numpy().astype(np.float32).reshape(-1, 4),
             labels=self.detector.labels_to_categories(labels).astype(np.int64),
             scores=r[f"{prefix}scores"].cpu().numpy().astype(np.float32),
             class_probs=r[f"{prefix}probs" if prefix else "class_probs"].cpu().numpy().astype(np.float32),
+            loc_quality=None if quality is None else quality.cpu().numpy().astype(np.float32),
         )
 
     def _forward(self, images, *, pre_nms=False, embeddings=False, mc_samples=0) -> list[dict]:
@@ -202,8 +204,10 @@ class Predictor:
 def predictions_to_boxes_table(
     preds: Iterable[ImagePrediction], dataset=None, *, source: str = "pred", class_probs: bool = True
 ) -> pa.Table:
-    """Final detections of ``preds`` as a validated boxes table (optionally with ``class_probs``)."""
-    ids, boxes, cats, scores, probs = [], [], [], [], []
+    """Final detections of ``preds`` as a validated boxes table (optionally with ``class_probs``).
+
+    ``loc_quality`` is always a column: the certainty head's ``v``, null for the standard head."""
+    ids, boxes, cats, scores, probs, quality = [], [], [], [], [], []
     for p in preds:
         d = p.detections
         ok = (d.boxes[:, 2] > d.boxes[:, 0]) & (d.boxes[:, 3] > d.boxes[:, 1])
@@ -212,14 +216,18 @@ def predictions_to_boxes_table(
         cats.append(d.labels[ok])
         scores.append(np.clip(d.scores[ok], 0.0, 1.0))
         probs += [row.tolist() for row in d.class_probs[ok]]
+        quality += loc_quality_values(d, ok)
     xyxy = np.concatenate(boxes) if boxes else np.zeros((0, 4), np.float32)
+    extra: dict = {"loc_quality": quality}
+    if class_probs:
+        extra["class_probs"] = probs
     table = schema.boxes_from_arrays(
         ids,
         xyxy,
         np.concatenate(cats) if cats else np.zeros(0, np.int32),
         np.concatenate(scores) if scores else np.zeros(0, np.float32),
         source=source,
-        extra={"class_probs": probs} if class_probs else None,
+        extra=extra,
     )
     table, _ = schema.validate_boxes(
         table,

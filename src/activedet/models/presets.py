@@ -16,6 +16,9 @@ fills in :data:`PRETRAINED_DEFAULTS` (frozen BN, ``freeze_at=2``) unless the use
 
 All presets use :class:`~activedet.models.roi_heads.WeightedRoIHeads` (per-box loss weights, kept
 class distributions) and a box head with dropout (:class:`DropoutTwoMLPHead`, ``dropout_p``).
+Every preset also takes the box-head options of :mod:`activedet.models.certainty_head`
+(``box_head: certainty``, ``intervals``, ``segment_span``, ``quality_nms``): Li et al.'s
+certainty-aware head in place of the regression head, with a localization quality per box.
 
 Tensor shapes (torchvision's detection API): the model takes ``images: list[Tensor[3, H, W]]``
 float in [0, 1] (any sizes; the model's transform resizes the short side to ``min_size``, capped
@@ -326,9 +329,16 @@ def lite0_fpn(
 
 
 def build_model(preset: str, *, num_classes: int, **options: Any) -> FasterRCNN:
-    """Build preset ``preset`` with ``num_classes`` (C + 1) and preset ``options``."""
+    """Build preset ``preset`` with ``num_classes`` (C + 1) and preset ``options``.
+
+    The box-head options (:data:`~activedet.models.certainty_head.HEAD_OPTIONS`: ``box_head``,
+    ``intervals``, ``segment_span``, ``quality_nms``) are accepted by every preset."""
+    from activedet.models.certainty_head import HEAD_OPTIONS, apply_box_head
+
     factory = PRESETS.get(preset)
+    head = {k: options.pop(k) for k in list(options) if k in HEAD_OPTIONS}
     try:
-        return factory(num_classes=num_classes, **options)
+        model = factory(num_classes=num_classes, **options)
     except TypeError as exc:
         raise ConfigError(f"detector preset {preset!r}: bad options {sorted(options)}: {exc}") from None
+    return apply_box_head(model, **head)

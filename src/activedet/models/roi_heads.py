@@ -176,7 +176,10 @@ class WeightedRoIHeads(RoIHeads):
             out.append(self._postprocess_one(boxes, p, shape))
         return out
 
-    def _postprocess_one(self, boxes: Tensor, probs: Tensor, shape) -> dict[str, Tensor]:
+    def _postprocess_one(self, boxes: Tensor, probs: Tensor, shape, quality: Tensor | None = None) -> dict[str, Tensor]:
+        """Score floor, small-box removal, per-class NMS. ``quality [N]`` (localization quality
+        per proposal, certainty head) adds ``loc_quality`` and, with ``quality_nms``, NMS ranks
+        by ``score * quality``."""
         n, c1 = probs.shape
         boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
         scores = probs[:, 1:].reshape(-1)
@@ -186,7 +189,9 @@ class WeightedRoIHeads(RoIHeads):
         boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
         keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
         boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
-        nms_kept = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)
+        q = quality[rows] if quality is not None else None
+        rank = scores * q if q is not None and getattr(self, "quality_nms", False) else scores
+        nms_kept = box_ops.batched_nms(boxes, rank, labels, self.nms_thresh)
         kept = nms_kept[: self.detections_per_img]
         res = {
             "boxes": boxes[kept],
@@ -194,14 +199,18 @@ class WeightedRoIHeads(RoIHeads):
             "scores": scores[kept],
             "class_probs": probs[rows[kept]],
         }
+        if q is not None:
+            res["loc_quality"] = q[kept]
         if self.keep_pre_nms:
             res.update(
                 pre_boxes=boxes,
                 pre_labels=labels,
                 pre_scores=scores,
                 pre_probs=probs[rows],
-                merged_into=merged_into(boxes, scores, labels, nms_kept, self.nms_thresh, cap=kept.numel()),
+                merged_into=merged_into(boxes, rank, labels, nms_kept, self.nms_thresh, cap=kept.numel()),
             )
+            if q is not None:
+                res["pre_loc_quality"] = q
         return res
 
 

@@ -17,13 +17,15 @@ class Detections:
     """Detections of one image (after NMS unless stated).
 
     Shapes: ``boxes [N, 4]`` float32, ``labels [N]`` int64 (category ids), ``scores [N]``
-    float32, ``class_probs [N, C + 1]`` float32.
+    float32, ``class_probs [N, C + 1]`` float32, ``loc_quality [N]`` float32 in [0, 1] (the
+    certainty head's localization quality ``v``; ``None`` for the standard head).
     """
 
     boxes: np.ndarray
     labels: np.ndarray
     scores: np.ndarray
     class_probs: np.ndarray
+    loc_quality: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
@@ -53,3 +55,10 @@ class ImagePrediction:
     flipped: Detections | None = None
     mc_probs: np.ndarray | None = None
     embedding: np.ndarray | None = None
+
+
+def loc_quality_values(dets: Detections, mask: np.ndarray) -> list[float | None]:
+    """``loc_quality`` column values of the detections where ``mask`` (None: the head gives none)."""
+    if dets.loc_quality is None:
+        return [None] * int(np.count_nonzero(mask))
+    return [float(v) for v in np.clip(dets.loc_quality[mask], 0.0, 1.0)]

@@ -105,15 +105,56 @@ FilterFn = Callable[..., FilterResult]
 FILTERS: Registry[FilterFn] = Registry("pseudo-label filter")
 
 
+#: parameters every filter accepts: the localization-quality gate (see :func:`loc_quality_gate`)
+GATE_PARAMS = ("min_loc_quality", "below_loc_quality")
+
+
 def apply_filter(name: str, candidates: pa.Table, context: FilterContext, params: Mapping | None = None) -> FilterResult:
-    """Apply registered filter ``name`` with ``params``; unknown parameter names are a ConfigError."""
+    """Apply registered filter ``name`` with ``params``; unknown parameter names are a ConfigError.
+
+    The gate parameters (:data:`GATE_PARAMS`) are accepted by every filter and applied to its
+    result by :func:`loc_quality_gate`."""
     fn = FILTERS.get(name)
     params = dict(params or {})
+    gate = {k: params.pop(k) for k in GATE_PARAMS if k in params}
     accepted = [p for p in inspect.signature(fn).parameters if p not in ("candidates", "context")]
     unknown = sorted(set(params) - set(accepted))
     if unknown:
-        raise ConfigError(f"filter {name!r}: unknown parameter(s) {unknown}; valid: {accepted}")
-    return fn(candidates, context, **params)
+        raise ConfigError(f"filter {name!r}: unknown parameter(s) {unknown}; valid: {accepted + list(GATE_PARAMS)}")
+    return loc_quality_gate(fn(candidates, context, **params), **gate)
+
+
+def loc_quality_gate(result: FilterResult, *, min_loc_quality: float = 0.0, below_loc_quality: str = "drop") -> FilterResult:
+    """Gate a filter's kept boxes on localization quality ``v`` (the ``loc_quality`` column).
+
+    Kept boxes with ``v < min_loc_quality`` are dropped (``below_loc_quality="drop"``) or kept as
+    uncertain (``"uncertain"``: classification loss only, no box regression -- the class is
+    trusted, the box is not). Boxes without a ``v`` (null: standard head) pass. ``0`` = off.
+    """
+    _check_unit_interval("min_loc_quality", min_loc_quality, allow_zero=True)
+    if below_loc_quality not in ("drop", "uncertain"):
+        raise ConfigError(f"below_loc_quality must be 'drop' or 'uncertain', got {below_loc_quality!r}")
+    if min_loc_quality <= 0:
+        return result
+    boxes = result.boxes
+    params = {**result.params, "min_loc_quality": min_loc_quality, "below_loc_quality": below_loc_quality}
+    if "loc_quality" not in boxes.column_names or not boxes.num_rows:
+        return FilterResult(boxes, result.per_class, result.filter, params, result.info)
+    q = _column(boxes, "loc_quality")
+    low = np.isfinite(q) & (q < min_loc_quality)
+    info = {**result.info, "loc_quality_gated": int(low.sum())}
+    if below_loc_quality == "drop":
+        boxes = boxes.filter(pa.array(~low))
+    else:
+        reliable = np.asarray(boxes.column("reliable").to_numpy(zero_copy_only=False), bool) & ~low
+        boxes = boxes.set_column(boxes.schema.get_field_index("reliable"), "reliable", pa.array(reliable, pa.bool_()))
+    per_class = {}
+    cats = _column(boxes, "category_id", np.int64)
+    rel = np.asarray(boxes.column("reliable").to_numpy(zero_copy_only=False), bool)
+    for c, st in result.per_class.items():
+        per_class[c] = ClassStats(st.threshold, st.weight, st.reliable_threshold, st.candidates,
+                                  int((cats == c).sum()), int((rel & (cats == c)).sum()))
+    return FilterResult(boxes, per_class, result.filter, params, info)
 
 
 # --------------------------------------------------------------------------- helpers

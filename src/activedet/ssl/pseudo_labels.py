@@ -15,7 +15,7 @@ import pyarrow as pa
 
 from activedet import schema, store
 from activedet.errors import ActivedetError
-from activedet.models.types import ImagePrediction
+from activedet.models.types import ImagePrediction, loc_quality_values
 from activedet.ssl.filters import (
     MERGE_IOU,
     MERGE_SCORE,
@@ -64,12 +64,13 @@ def filter_context(dataset, labeled: list[str], pool: list[str], seed: int = 0) 
 
 
 def candidates_from_predictions(preds: Iterable[ImagePrediction], *, min_score: float = 0.0, with_merge_stats: bool = False) -> pa.Table:
-    """Post-NMS detections as a candidates table (``source = pseudo``, ``class_probs``).
+    """Post-NMS detections as a candidates table (``source = pseudo``, ``class_probs``,
+    ``loc_quality``: the certainty head's ``v``, null for the standard head).
 
     With ``with_merge_stats`` the RPLM columns are computed from each prediction's ``pre_nms``
     candidates and ``merged_into``.
     """
-    ids, boxes, cats, scores, probs, m_score, m_iou = [], [], [], [], [], [], []
+    ids, boxes, cats, scores, probs, quality, m_score, m_iou = [], [], [], [], [], [], [], []
     for p in preds:
         d = p.detections
         ok = (d.scores >= min_score) & (d.boxes[:, 2] > d.boxes[:, 0]) & (d.boxes[:, 3] > d.boxes[:, 1])
@@ -84,7 +85,8 @@ def candidates_from_predictions(preds: Iterable[ImagePrediction], *, min_score: 
         cats.append(d.labels[ok])
         scores.append(np.clip(d.scores[ok], 0.0, 1.0))
         probs += [row.tolist() for row in d.class_probs[ok]]
-    extra: dict = {"class_probs": probs}
+        quality += loc_quality_values(d, ok)
+    extra: dict = {"class_probs": probs, "loc_quality": quality}
     if with_merge_stats:
         extra[MERGE_SCORE] = pa.array(np.concatenate(m_score) if m_score else np.zeros(0), pa.float32())
         extra[MERGE_IOU] = pa.array(np.concatenate(m_iou) if m_iou else np.zeros(0), pa.float32())

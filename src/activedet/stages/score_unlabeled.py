@@ -10,7 +10,9 @@ column per score, ``num_boxes`` and ``pred_classes`` over boxes at or above ``sc
 ``embedding`` as a fixed-size list<float32> when asked) and ``scores.json`` (shard, pool digest,
 columns). ``scores`` names registered acquisition scores (entropy, inconsistency, mc_dropout),
 ``embedding``, or ``unified`` (shorthand for entropy + inconsistency; the unified ranking itself
-is the select-batch strategy ``unified``, because it needs the budget).
+is the select-batch strategy ``unified``, because it needs the budget). ``localization`` needs a
+detector with the certainty box head. The detector keeps boxes above ``predict_floor``, below the
+scorers' ``score_floor`` (see :mod:`activedet.al.scores`, inconsistency).
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import pyarrow as pa
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from activedet import schema, store
 from activedet.al import ledger as ledger_mod
@@ -60,10 +62,15 @@ class Config(StageConfig):
     )
     entropy_aggregation: Literal["max", "mean", "sum"] = Field("max", description="entropy: box scores -> image score")
     score_floor: float = Field(0.05, ge=0.0, le=1.0, description="boxes with detection score below this are ignored")
+    predict_floor: float | None = Field(
+        None, ge=0.0, le=1.0,
+        description="the detector keeps boxes scoring above this (default score_floor / 5); must be below "
+        "score_floor, so a scored box's partner in the other flip view is not cut by the same threshold",
+    )
     divergence: Literal["kl", "js"] = Field("kl", description="inconsistency: symmetric KL or Jensen-Shannon")
     match_iou: float = Field(0.5, gt=0.0, le=1.0, description="inconsistency: IoU to match original and flipped boxes")
     unmatched: Literal["background", "ignore"] = Field(
-        "background", description="inconsistency: unmatched boxes scored against background, or ignored"
+        "ignore", description="inconsistency: boxes seen in one flip view only are ignored, or scored against background"
     )
     mc_samples: int = Field(10, ge=2, description="mc_dropout: number of stochastic passes T")
     seed: int = Field(0, description="seed of the MC-dropout masks (per batch, so shards reproduce a single run)")
@@ -90,6 +97,20 @@ class Config(StageConfig):
     def _shard_format(cls, value: str) -> str:
         parse_shard(value)
         return value
+
+    @model_validator(mode="after")
+    def _floors(self) -> Config:
+        if self.predict_floor is not None and 0 < self.predict_floor >= self.score_floor:
+            raise ValueError(
+                f"predict_floor {self.predict_floor} must be below score_floor {self.score_floor}, "
+                "else boxes flickering across one threshold look like flip disagreements"
+            )
+        return self
+
+    @property
+    def detector_floor(self) -> float:
+        """The predictor's score floor: ``predict_floor``, by default a fifth of ``score_floor``."""
+        return self.score_floor / 5 if self.predict_floor is None else self.predict_floor
 
 
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, shard: int = 0) -> Config:
@@ -224,7 +245,7 @@ def _predictions(config: Config, dataset, ids: list[str], needs: set[str], with_
 
     device = resolve_device(config.device)
     detector = load_detector(config.checkpoint_uri, dataset=dataset, device=device)
-    predictor = Predictor(detector, device=device, batch_size=config.batch_size)
+    predictor = Predictor(detector, device=device, batch_size=config.batch_size, score_floor=config.detector_floor)
     uri_of = dict(zip(dataset.images.column("image_id").to_pylist(), dataset.images.column("uri").to_pylist(), strict=True))
     for start in range(0, len(ids), config.batch_size):
         chunk = ids[start : start + config.batch_size]

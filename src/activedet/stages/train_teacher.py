@@ -101,10 +101,16 @@ def check_preset(preset: str, options: dict[str, Any]) -> None:
     params = inspect.signature(PRESETS.get(preset)).parameters
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
-    valid = sorted(n for n in params if n != "num_classes")
+    from activedet.models.certainty_head import HEAD_OPTIONS, check_head_options
+
+    valid = sorted({n for n in params if n != "num_classes"} | set(HEAD_OPTIONS))  # box-head options: every preset
     bad = sorted(set(options) - set(valid))
     if bad:
         raise ConfigError(f"training.preset_options.{bad[0]}: not an option of preset {preset!r} (valid: {', '.join(valid)})")
+    try:
+        check_head_options({k: v for k, v in options.items() if k in HEAD_OPTIONS})
+    except ConfigError as exc:
+        raise ConfigError(f"training.preset_options: {exc}") from None
 
 
 class Result(BaseModel):
