@@ -74,8 +74,29 @@ def test_target_weights_and_regress_flow_through_the_model():
     w2 = _model_losses(model, images, targets(weights=torch.tensor([1.0, 2.0])))
     for k in ("loss_classifier", "loss_box_reg"):
         torch.testing.assert_close(w2[k] - w0[k], 2 * (base[k] - w0[k]))
-    # the RPN is not weighted
+    # RPN objectness is not weighted; a zero-weighted box gives no RPN box regression (issue 15)
     torch.testing.assert_close(w0["loss_objectness"], base["loss_objectness"])
+    torch.testing.assert_close(w2["loss_rpn_box_reg"], base["loss_rpn_box_reg"])
+    assert 0 < w0["loss_rpn_box_reg"] < base["loss_rpn_box_reg"]
     no_reg = _model_losses(model, images, targets(regress=torch.zeros(2, dtype=torch.bool)))
     assert base["loss_box_reg"] > 0 and no_reg["loss_box_reg"] == 0
+    assert base["loss_rpn_box_reg"] > 0 and no_reg["loss_rpn_box_reg"] == 0
     torch.testing.assert_close(no_reg["loss_classifier"], base["loss_classifier"])
+    torch.testing.assert_close(no_reg["loss_objectness"], base["loss_objectness"])
+
+
+def test_masked_rpn_equals_torchvision_without_masks():
+    from torchvision.models.detection.rpn import RegionProposalNetwork
+
+    from activedet.models.rpn import MaskedRPN
+
+    torch.manual_seed(0)
+    model = build_model("tiny", num_classes=3, train_dropout=False).train()
+    assert type(model.rpn) is MaskedRPN
+    images = [torch.rand(3, 128, 256)]
+    targets = [{"boxes": torch.tensor([[10.0, 20.0, 60.0, 70.0]]), "labels": torch.tensor([1])}]
+    ours = _model_losses(model, images, targets)
+    model.rpn.__class__ = RegionProposalNetwork
+    ref = _model_losses(model, images, targets)
+    for k in ("loss_objectness", "loss_rpn_box_reg"):
+        torch.testing.assert_close(ours[k], ref[k])

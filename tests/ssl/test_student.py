@@ -64,6 +64,19 @@ def test_uncertain_boxes_give_no_box_regression(model):
     assert losses(model, regress=(False, False))["unsup/loss_classifier"] == pytest.approx(losses(model)["unsup/loss_classifier"])
 
 
+def test_uncertain_and_zero_weighted_boxes_give_no_rpn_box_regression(model):
+    # issue 15: the docs said "classification only", but the RPN still regressed uncertain boxes
+    full = losses(model)
+    assert full["unsup/loss_rpn_box_reg"] > 0
+    assert losses(model, regress=(False, False))["unsup/loss_rpn_box_reg"] == 0.0
+    assert losses(model, weights=(0.0, 0.0))["unsup/loss_rpn_box_reg"] == 0.0
+    one = losses(model, regress=(True, False))["unsup/loss_rpn_box_reg"]
+    zero_b = losses(model, weights=(1.0, 0.0))["unsup/loss_rpn_box_reg"]
+    assert 0 < one < full["unsup/loss_rpn_box_reg"] and zero_b == pytest.approx(one)
+    # objectness (classification) is unchanged: uncertain boxes are still RPN positives
+    assert losses(model, regress=(False, False))["unsup/loss_objectness"] == pytest.approx(full["unsup/loss_objectness"])
+
+
 def test_lambda_u_scales_the_unsupervised_part_only(model):
     sup = losses(model, pseudo=False)
     assert set(sup) == {"sup/loss_classifier", "sup/loss_box_reg", "sup/loss_objectness", "sup/loss_rpn_box_reg"}

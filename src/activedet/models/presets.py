@@ -158,7 +158,11 @@ class TinyBackbone(nn.Module):
 
 
 def _swap_heads(model: FasterRCNN, *, dropout_p: float, train_dropout: bool, representation: int) -> FasterRCNN:
-    """Replace torchvision's RoIHeads and box head by the weighted / dropout versions."""
+    """Replace torchvision's RoIHeads and box head by the weighted / dropout versions (and its RPN
+    by :class:`~activedet.models.rpn.MaskedRPN`: uncertain boxes give no RPN box regression)."""
+    from activedet.models.rpn import use_masked_rpn
+
+    use_masked_rpn(model)
     old = model.roi_heads
     pool = old.box_roi_pool
     out_ch = model.backbone.out_channels
