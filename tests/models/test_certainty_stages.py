@@ -1,4 +1,4 @@
-"""The certainty head through the stages: train-teacher, generate-pseudo-labels, evaluate and
+"""The certainty head through the stages: train-teacher, generate-pseudo-labels, train-student-ssl, evaluate and
 score-unlabeled all carry ``loc_quality`` / the ``localization`` score (tiny preset, 64x128)."""
 
 from __future__ import annotations
@@ -9,7 +9,13 @@ import numpy as np
 import pytest
 
 from activedet import store
-from activedet.stages import evaluate, generate_pseudo_labels, score_unlabeled, train_teacher
+from activedet.stages import (
+    evaluate,
+    generate_pseudo_labels,
+    score_unlabeled,
+    train_student_ssl,
+    train_teacher,
+)
 
 HEAD = {"box_head": "certainty", "intervals": 30, "min_size": 64, "max_size": 128}
 
@@ -46,6 +52,16 @@ def test_stages_write_loc_quality(small, tmp_path):
     pseudo = store.read_table(store.join(pl, "pseudo_boxes.parquet"))
     q = np.asarray(pseudo.column("loc_quality").to_pylist(), float)
     assert pseudo.num_rows > 0 and np.isfinite(q).all() and ((q >= 0) & (q <= 1)).all()
+
+    student = str(tmp_path / "student")
+    res = train_student_ssl.run(train_student_ssl.Config(
+        teacher_checkpoint_uri=teacher, dataset_uri=ds, ledger_uri=ledger, pseudo_labels_uri=pl, output_uri=student,
+        iterations=2, batch_size=2, warmup_iters=1, checkpoint_every=0, device="cpu",
+    ))
+    assert res["pseudo_boxes"] > 0
+    train = json.loads((store.local_path(student) / "train.json").read_text())
+    assert {"unsup/loss_box_interval", "unsup/loss_box_refine"} <= set(train["final_losses"])
+    assert json.loads((store.local_path(student) / "meta.json").read_text())["box_head"]["type"] == "certainty"
 
     ev = str(tmp_path / "eval")
     evaluate.run(evaluate.Config(dataset_uri=ds, checkpoint_uri=teacher, output_uri=ev, device="cpu"))
