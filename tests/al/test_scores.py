@@ -130,6 +130,16 @@ def test_localization_score_is_one_minus_v_max_over_boxes():
         S.LocalizationScore()(prediction("b", BOX, [[0.1, 0.9, 0, 0]]))
 
 
+def test_localization_needs_the_certainty_head_at_experiment_load():
+    from activedet.pipeline.plan import load_experiment
+
+    base = {"name": "t", "dataset": {"uri": "s3://data/x"}, "initial_size": 10, "budget": 5, "cycles": 2,
+            "acquisition": {"score": "localization", "strategy": "topk"}}
+    with pytest.raises(ConfigError, match="box_head: certainty"):
+        load_experiment(base)
+    load_experiment({**base, "training": {"preset_options": {"box_head": "certainty", "intervals": 30}}})
+
+
 def test_inconsistency_needs_flipped():
     with pytest.raises(ActivedetError, match="flipped"):
         S.InconsistencyScore()(prediction("a", BOX, [[0.1, 0.9, 0, 0]]))

@@ -173,21 +173,42 @@ def collate(batch):
     return list(images), list(targets)
 
 
+class RankBatches:
+    """Batches of rank ``rank``: slice ``rank`` of each global batch of ``batch_size * world_size`` indices.
+
+    The global stream is the one-process stream at the global batch size, so the union of the
+    ranks' batch ``i`` is the batch ``i`` one process would train on with ``batch_size * world_size``.
+    """
+
+    def __init__(self, sampler: Sampler[int], batch_size: int, rank: int = 0, world_size: int = 1):
+        self.sampler, self.batch_size, self.rank, self.world_size = sampler, batch_size, rank, world_size
+
+    def __iter__(self) -> Iterator[list[int]]:
+        it, size = iter(self.sampler), self.batch_size * self.world_size
+        while True:
+            chunk = [next(it) for _ in range(size)]
+            yield chunk[self.rank * self.batch_size : (self.rank + 1) * self.batch_size]
+
+
 def endless_batches(
-    data: torch.utils.data.Dataset, *, batch_size: int, seed: int = 0, start_iter: int = 0, num_workers: int = 0
+    data: torch.utils.data.Dataset, *, batch_size: int, seed: int = 0, start_iter: int = 0, num_workers: int = 0,
+    rank: int = 0, world_size: int = 1,
 ) -> Iterator[tuple[list[torch.Tensor], list[dict]]]:
-    """Endless ``(images, targets)`` batches; ``start_iter`` skips the batches a resumed run saw."""
-    sampler = InfiniteSampler(len(data), seed=seed, start=start_iter * batch_size)
-    torch.manual_seed(seed + start_iter)  # augmentation randomness in the main process
+    """Endless ``(images, targets)`` batches; ``start_iter`` skips the batches a resumed run saw.
+
+    With ``world_size`` > 1, ``batch_size`` images per rank: rank ``rank``'s share of each global
+    batch (:class:`RankBatches`), augmented with a rank-specific random stream.
+    """
+    sampler = InfiniteSampler(len(data), seed=seed, start=start_iter * batch_size * world_size)
+    torch.manual_seed(seed + start_iter + 7919 * rank)  # augmentation randomness in the main process
     loader = DataLoader(
         data,
-        batch_size=batch_size,
-        sampler=sampler,
+        batch_sampler=RankBatches(sampler, batch_size, rank, world_size),
         num_workers=num_workers,
         collate_fn=collate,
         persistent_workers=num_workers > 0,
         worker_init_fn=_seed_worker,
-        generator=torch.Generator().manual_seed(seed + start_iter),
+        generator=torch.Generator().manual_seed(seed + start_iter + 7919 * rank),
     )
     yield from loader
 

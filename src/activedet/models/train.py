@@ -30,6 +30,7 @@ from torch import Tensor, nn
 
 from activedet import store
 from activedet.errors import ActivedetError
+from activedet.models import distributed
 from activedet.models.checkpoint import (
     CheckpointError,
     Detector,
@@ -159,7 +160,7 @@ class Trainer:
         """Build from a training stage config (train-teacher and train-student-ssl share the
         optimizer fields: iterations, lr, momentum, weight_decay, warmup_iters, lr_milestones, amp)."""
         return cls(
-            model, batches, iterations=config.iterations, lr=config.lr, momentum=config.momentum,
+            model, batches, iterations=config.iterations, lr=kwargs.pop("lr", config.lr), momentum=config.momentum,
             weight_decay=config.weight_decay, warmup_iters=config.warmup_iters, decay_at=config.lr_milestones,
             device=device, amp=config.amp, **kwargs,
         )
@@ -201,7 +202,9 @@ class Trainer:
         with torch.autocast(self.device.type, enabled=self.amp):
             losses = self.loss_fn(self.model, images, targets)
         total = sum(losses.values())
-        if not torch.isfinite(total):
+        # data-parallel: every rank sees the mean loss, so all of them stop together on divergence
+        reported = distributed.mean_over_ranks(total.detach())
+        if not torch.isfinite(reported):
             raise TrainingDivergedError(
                 f"{self.desc}: loss is not finite at iteration {self.iteration} "
                 f"({ {k: float(v.detach()) for k, v in losses.items()} }); lower the learning rate"
@@ -214,7 +217,7 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         out = {k: float(v.detach()) for k, v in losses.items()}
-        out["loss"] = float(total.detach())
+        out["loss"] = float(reported)
         return out
 
     def train(self) -> TrainResult:
@@ -344,7 +347,7 @@ def train_and_commit(
     log_every: int | None = None,
     training_info: dict | None = None,
     **checkpoint_meta,
-) -> TrainedOutput:
+) -> TrainedOutput | None:
     """The training skeleton teacher and student share: resume, train, save, metrics.
 
     Opens ``config.output_uri`` as a resumable output, restores the latest resume checkpoint whose
@@ -352,23 +355,43 @@ def train_and_commit(
     ``make_batches(start_iteration)``, then commits ``model.safetensors`` + ``meta.json``
     (``checkpoint_meta`` goes into the meta) and ``train.json`` (``training_info`` added), and logs
     the final loss and speed. The detector ends on the CPU.
+
+    Inside a data-parallel job (:mod:`activedet.models.distributed`) every rank calls this with
+    its own ``make_batches``; only rank 0 opens the output, restores (then broadcasts iteration
+    and optimizer state; DDP broadcasts the weights), checkpoints, commits and logs, and the lr
+    is ``config.lr * world_size`` (linear scaling rule). Other ranks return ``None``.
     """
+    from contextlib import nullcontext
+
     from activedet.models.checkpoint import write_checkpoint
 
-    with store.OutputWriter(config.output_uri, resumable=True, meta={"stage": stage}) as out:
-        resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
-        start, optim_state = resume.restore()
+    rank = distributed.current()
+    writer = store.OutputWriter(config.output_uri, resumable=True, meta={"stage": stage}) if rank.is_main else nullcontext()
+    with writer as out:
+        hooks, start, optim_state = [], 0, {}
+        if rank.is_main:
+            resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
+            start, optim_state = resume.restore()
+            hooks = [resume]
+        else:
+            tracker = NullTracker()
+        start, optim_state = distributed.broadcast_object((start, optim_state))
+        model = distributed.wrap_model(detector.model, torch.device(device))
         kwargs = {"loss_fn": loss_fn} if loss_fn is not None else {}
         if log_every is not None:
             kwargs["log_every"] = log_every
+        if rank.distributed:
+            kwargs["lr"] = config.lr * rank.world_size
         trainer = Trainer.from_config(
-            detector.model, make_batches(start), config, device=device, hooks=[resume], tracker=tracker, start_iter=start,
-            desc=stage, **kwargs,
+            model, make_batches(start), config, device=device, hooks=hooks, tracker=tracker, start_iter=start,
+            desc=stage if rank.is_main else f"{stage} rank {rank.rank}", **kwargs,
         )
         if optim_state:
             trainer.load_optimizer_state(optim_state)
         result = trainer.train()
         detector.model.to("cpu")
+        if not rank.is_main:
+            return None
         training = {
             "config": config.model_dump(mode="json", exclude={"mlflow_tracking_uri"}),
             **(training_info or {}),
@@ -377,6 +400,8 @@ def train_and_commit(
             "final_losses": trainer.last_losses,
             "it_per_s": result.it_per_s,
             "loss_history": result.loss_history,
+            **({"distributed": {"world_size": rank.world_size, "global_batch_size": config.batch_size * rank.world_size,
+                                "lr": trainer.lr, "lr_rule": "linear: lr * world_size"}} if rank.distributed else {}),
         }
         uri = write_checkpoint(out, detector, training=training, data_digest=digest, dataset_uri=config.dataset_uri,
                                ledger_uri=config.ledger_uri, metrics={}, **checkpoint_meta)

@@ -66,6 +66,10 @@ class TrainingSpec(FrozenModel):
     )
     num_workers: int | None = Field(None, ge=0, description="data-loader worker processes (unset: the stages' default)")
     checkpoint_every: int | None = Field(None, ge=1, description="iterations between resumable checkpoints (unset: the stages' default)")
+    devices: int | None = Field(
+        None, ge=1, le=64, description="data-parallel processes per training stage (torch.distributed in one pod; batch_size per "
+        "process, lr scaled by devices; unset: kubernetes.accelerator_limit when above 1, else 1)"
+    )
 
 
 class PseudoLabelSpec(FrozenModel):

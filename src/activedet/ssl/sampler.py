@@ -4,6 +4,11 @@ Random sampling from ``S + U`` gives batches with few or no labeled images when 
 Elezi et al. found balanced batches better by up to 1 pp (and ~10 pp in cycle 0). Each group is
 walked in passes: every pass is a fresh seeded permutation, so each image is seen once per pass.
 Batch ``i`` is a pure function of ``(seed, i)`` -- a resumed run continues the same sequence.
+
+Data-parallel training (``world_size`` ranks): every rank draws ``batch_size`` images with the
+same labeled share, so the balance holds per replica; rank ``r``'s batch ``i`` is slice ``r`` of
+global batch ``i`` in each group's stream (the union over ranks is the one-process batch at
+``batch_size * world_size`` when the per-rank counts multiply up to its counts).
 """
 
 from __future__ import annotations
@@ -22,7 +27,8 @@ class BalancedBatchSampler:
     groups appear in every batch; with an empty unlabeled group every batch is labeled only.
     """
 
-    def __init__(self, num_labeled: int, num_unlabeled: int, batch_size: int, *, labeled_fraction: float = 0.5, seed: int = 0):
+    def __init__(self, num_labeled: int, num_unlabeled: int, batch_size: int, *, labeled_fraction: float = 0.5, seed: int = 0,
+                 rank: int = 0, world_size: int = 1):
         if num_labeled < 1:
             raise ConfigError("balanced sampler: no labeled images")
         if batch_size < 1:
@@ -30,7 +36,9 @@ class BalancedBatchSampler:
         if not (0 < labeled_fraction <= 1):
             raise ConfigError(f"balanced sampler: labeled_fraction must be in (0, 1], got {labeled_fraction}")
         self.num_labeled, self.num_unlabeled = num_labeled, num_unlabeled
-        self.batch_size, self.seed = batch_size, seed
+        if not 0 <= rank < world_size:
+            raise ConfigError(f"balanced sampler: rank {rank} outside world size {world_size}")
+        self.batch_size, self.seed, self.rank, self.world_size = batch_size, seed, rank, world_size
         if num_unlabeled == 0 or batch_size == 1:
             self.n_labeled = batch_size
         else:
@@ -48,9 +56,10 @@ class BalancedBatchSampler:
         return out
 
     def batch(self, i: int) -> tuple[list[int], list[int]]:
-        """Batch ``i`` (0-based): labeled indices into S, unlabeled indices into U."""
-        lab = self._take(0, self.num_labeled, i * self.n_labeled, self.n_labeled)
-        unl = self._take(1, self.num_unlabeled, i * self.n_unlabeled, self.n_unlabeled) if self.n_unlabeled else np.zeros(0, np.int64)
+        """Batch ``i`` (0-based) of this rank: labeled indices into S, unlabeled indices into U."""
+        slot = i * self.world_size + self.rank
+        lab = self._take(0, self.num_labeled, slot * self.n_labeled, self.n_labeled)
+        unl = self._take(1, self.num_unlabeled, slot * self.n_unlabeled, self.n_unlabeled) if self.n_unlabeled else np.zeros(0, np.int64)
         return lab.tolist(), unl.tolist()
 
     def iter_batches(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[list[int], list[int]]]:

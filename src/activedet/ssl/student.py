@@ -79,21 +79,25 @@ def _collate(batch):
 
 def balanced_batches(
     labeled: Dataset, pseudo: Dataset | None, *, batch_size: int, labeled_fraction: float, seed: int = 0,
-    start_iter: int = 0, num_workers: int = 0,
+    start_iter: int = 0, num_workers: int = 0, rank: int = 0, world_size: int = 1,
 ) -> Iterator[tuple[list[Tensor], list[dict]]]:
-    """Endless balanced batches; ``start_iter`` continues a resumed run's sequence."""
+    """Endless balanced batches; ``start_iter`` continues a resumed run's sequence.
+
+    ``rank`` / ``world_size``: this replica's ``batch_size`` images, with the labeled share kept per replica.
+    """
     n_pseudo = len(pseudo) if pseudo is not None else 0  # type: ignore[arg-type]
-    sampler = BalancedBatchSampler(len(labeled), n_pseudo, batch_size, labeled_fraction=labeled_fraction, seed=seed)  # type: ignore[arg-type]
+    sampler = BalancedBatchSampler(len(labeled), n_pseudo, batch_size, labeled_fraction=labeled_fraction, seed=seed,  # type: ignore[arg-type]
+                                   rank=rank, world_size=world_size)
     parts = [_Marked(labeled)] + ([pseudo] if pseudo is not None and n_pseudo else [])
     data = ConcatDataset(parts)
-    torch.manual_seed(seed + start_iter)  # augmentation randomness in the main process
+    torch.manual_seed(seed + start_iter + 7919 * rank)  # augmentation randomness in the main process
     loader = DataLoader(
         data,
         batch_sampler=_BatchIndices(sampler, len(labeled), start_iter),  # type: ignore[arg-type]
         num_workers=num_workers,
         collate_fn=_collate,
         persistent_workers=num_workers > 0,
-        generator=torch.Generator().manual_seed(seed + start_iter),
+        generator=torch.Generator().manual_seed(seed + start_iter + 7919 * rank),
     )
     yield from loader
 
@@ -142,12 +146,13 @@ def train_student(config) -> dict:
     """Run the stage (``config``: :class:`activedet.stages.train_student_ssl.Config`)."""
     from activedet.al.ledger import read_ledger
     from activedet.data.dataset import load_dataset
+    from activedet.models import distributed
     from activedet.models.checkpoint import load_detector
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
     from activedet.models.train import data_digest, seed_everything, train_and_commit
     from activedet.ssl.pseudo_labels import read_pseudo_labels, split_sets
-    from activedet.tracking import tracker_for
+    from activedet.tracking import NullTracker, tracker_for
 
     dataset = load_dataset(config.dataset_uri)
     ledger, _ = read_ledger(config.ledger_uri)
@@ -163,11 +168,13 @@ def train_student(config) -> dict:
     digest = data_digest(config.dataset_uri, labeled + [f"u:{i}" for i in pool_ids])
 
     device = resolve_device(config.device)
+    rank = distributed.init_process_group(device)  # no-op unless this process is one rank of several
+    device = distributed.worker_device(device)
     seed_everything(config.seed)
     detector = load_detector(config.teacher_checkpoint_uri, dataset=dataset)
     detector.model.to(device)
     parents = list(config.parent_run_ids) + [p for p in detector.meta.get("parent_run_ids", []) if p not in config.parent_run_ids]
-    tracker = tracker_for(config, run_name="train-student-ssl")
+    tracker = tracker_for(config, run_name="train-student-ssl") if rank.is_main else NullTracker()
     tracker.log_params(
         {k: v for k, v in config.model_dump(mode="json").items() if k not in ("mlflow_tracking_uri", "mlflow_run_id")}
         | {"labeled_images": len(labeled), "pseudo_images": len(pool_ids), "pseudo_boxes": pseudo.num_rows,
@@ -195,13 +202,15 @@ def train_student(config) -> dict:
         config, detector,
         lambda start: balanced_batches(
             lab_data, pseudo_data, batch_size=config.batch_size, labeled_fraction=config.labeled_fraction,
-            seed=config.seed, start_iter=start, num_workers=config.num_workers,
+            seed=config.seed, start_iter=start, num_workers=config.num_workers, rank=rank.rank, world_size=rank.world_size,
         ),
         stage="train-student-ssl", digest=digest, device=device, tracker=tracker, loss_fn=ssl_loss(config.lambda_u),
         training_info={"labeled_images": len(labeled), "pseudo_images": len(pool_ids), "pseudo_boxes": pseudo.num_rows,
                        "class_weights": {str(k): v for k, v in weights.items()}},
         init_checkpoint_uri=config.teacher_checkpoint_uri, pseudo_labels_uri=config.pseudo_labels_uri, parent_run_ids=parents,
     )
+    if done is None:  # not rank 0
+        return None
     return {
         "checkpoint_uri": done.checkpoint_uri,
         "iterations": config.iterations,

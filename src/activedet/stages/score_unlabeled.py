@@ -120,6 +120,9 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, shard:
     if acq.score not in valid:
         raise ConfigError(f"acquisition.score: unknown acquisition score {acq.score!r}; valid: {', '.join(valid)}")
     scores = list(dict.fromkeys(required_columns(acq.strategy, acq.score) or [acq.score]))
+    if "localization" in scores and exp.training.preset_options.get("box_head") != "certainty":
+        raise ConfigError("acquisition.score: 'localization' needs training.preset_options.box_head: certainty "
+                          "(the standard box head gives no localization quality)")
     return config_from(
         Config, exp, where=f"{NAME} (cycle {cycle})",
         fields={"batch_size": "training.batch_size", "num_workers": "training.num_workers", "device": "device"},

@@ -72,11 +72,17 @@ class Config(StageConfig):
     amp: bool = Field(True, description="mixed precision (CUDA only)")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: none)")
+    devices: int = Field(
+        1, ge=1, description="data-parallel processes in this pod (torch.distributed, one GPU each; gloo on CPU); "
+        "batch_size is per process (labeled share kept per process) and lr is scaled by devices (linear rule)"
+    )
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
 
 
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
     """Cycle ``cycle``'s student: the teacher's weights, its pseudo-labels, the experiment's SSL settings."""
+    from activedet.stages.train_teacher import training_devices
+
     return config_from(
         Config, exp, where=f"{NAME} (cycle {cycle})",
         fields={
@@ -86,11 +92,22 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
         },
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
         pseudo_labels_uri=layout.pseudo_labels(cycle), output_uri=layout.student(cycle), seed=exp.seed + cycle,
+        devices=training_devices(exp),
     )
 
 
 def run(config: Config) -> dict:
-    """Train the student; returns the checkpoint URI and the final losses."""
+    """Train the student; returns the checkpoint URI and the final losses.
+
+    With ``devices`` > 1 this launches ``devices`` processes (:mod:`activedet.models.distributed`)
+    that each run this function as one rank; rank 0's result is returned.
+    """
+    from activedet.models import distributed
     from activedet.ssl.student import train_student
 
-    return train_student(config)
+    if config.devices > 1 and not distributed.in_worker():
+        return distributed.launch(NAME, config, nprocs=config.devices)
+    try:
+        return train_student(config)
+    finally:
+        distributed.destroy_process_group()

@@ -69,6 +69,10 @@ class Config(StageConfig):
     amp: bool = Field(True, description="mixed precision (CUDA only)")
     num_workers: int = Field(0, ge=0, description="data-loader worker processes")
     checkpoint_every: int = Field(100, ge=0, description="iterations between resumable checkpoints (0: none)")
+    devices: int = Field(
+        1, ge=1, description="data-parallel processes in this pod (torch.distributed, one GPU each; gloo on CPU); "
+        "batch_size is per process and lr is scaled by devices (linear rule)"
+    )
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
 
 
@@ -86,8 +90,15 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
             **({} if warm else {"init_checkpoint_uri": "training.init_checkpoint", "backbone_weights": "training.backbone_weights"}),
         },
         dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), output_uri=layout.teacher(cycle),
-        seed=exp.seed + cycle, **({"init_checkpoint_uri": layout.model(cycle - 1)} if warm else {}),
+        seed=exp.seed + cycle, devices=training_devices(exp), **({"init_checkpoint_uri": layout.model(cycle - 1)} if warm else {}),
     )
+
+
+def training_devices(exp: ExperimentConfig) -> int:
+    """Processes a training stage runs: ``training.devices``, else ``kubernetes.accelerator_limit`` when above 1."""
+    if exp.training.devices is not None:
+        return exp.training.devices
+    return max(1, exp.kubernetes.accelerator_limit)
 
 
 def check_preset(preset: str, options: dict[str, Any]) -> None:
@@ -140,19 +151,37 @@ def labeled_ids(dataset, ledger_uri: str | None) -> list[str]:
 
 
 def run(config: Config) -> Result:
-    """Train the teacher; returns the checkpoint URI, final loss and speed."""
+    """Train the teacher; returns the checkpoint URI, final loss and speed.
+
+    With ``devices`` > 1 this launches ``devices`` processes (:mod:`activedet.models.distributed`)
+    that each run this function as one rank; rank 0's result is returned.
+    """
+    from activedet.models import distributed
+
+    if config.devices > 1 and not distributed.in_worker():
+        return Result.model_validate(distributed.launch(NAME, config, nprocs=config.devices))
+    try:
+        return _train(config)
+    finally:
+        distributed.destroy_process_group()
+
+
+def _train(config: Config) -> Result | None:
     from activedet.data.dataset import load_dataset
+    from activedet.models import distributed
     from activedet.models.checkpoint import detector_for_dataset
     from activedet.models.data import DetectionDataset, endless_batches
     from activedet.models.init import load_backbone_weights, load_init_checkpoint, pretrained_options
     from activedet.models.predict import resolve_device
     from activedet.models.train import data_digest, seed_everything, train_and_commit
-    from activedet.tracking import tracker_for
+    from activedet.tracking import NullTracker, tracker_for
 
     dataset = load_dataset(config.dataset_uri)
     ids = labeled_ids(dataset, config.ledger_uri)
     digest = data_digest(config.dataset_uri, ids)
     device = resolve_device(config.device)
+    rank = distributed.init_process_group(device)
+    device = distributed.worker_device(device)
     seed_everything(config.seed)
     options = pretrained_options(
         config.preset, config.preset_options, backbone_weights=config.backbone_weights, init_checkpoint=config.init_checkpoint_uri
@@ -170,7 +199,7 @@ def run(config: Config) -> Result:
         )
         parents += [p for p in weights_init["init_checkpoint"].pop("parent_run_ids") if p not in parents]
     detector.model.to(device)
-    tracker = tracker_for(config, run_name="train-teacher")
+    tracker = tracker_for(config, run_name="train-teacher") if rank.is_main else NullTracker()
     tracker.log_params(
         {k: v for k, v in config.model_dump(mode="json").items() if k not in ("mlflow_tracking_uri", "mlflow_run_id")}
         | {"labeled_images": len(ids), "data_digest": digest}
@@ -181,12 +210,15 @@ def run(config: Config) -> Result:
     done = train_and_commit(
         config, detector,
         lambda start: endless_batches(
-            train_data, batch_size=config.batch_size, seed=config.seed, start_iter=start, num_workers=config.num_workers
+            train_data, batch_size=config.batch_size, seed=config.seed, start_iter=start, num_workers=config.num_workers,
+            rank=rank.rank, world_size=rank.world_size,
         ),
         stage=NAME, digest=digest, device=device, tracker=tracker, log_every=max(1, min(20, config.iterations // 10)),
         training_info={"labeled_images": len(ids)}, init_checkpoint_uri=config.init_checkpoint_uri, weights_init=weights_init,
         parent_run_ids=parents, mlflow_run_id=tracker.run_id,
     )
+    if done is None:  # not rank 0
+        return None
     return Result(
         checkpoint_uri=done.checkpoint_uri, iterations=config.iterations, resumed_from=done.resumed_from,
         final_loss=done.result.final_loss, it_per_s=done.result.it_per_s, labeled_images=len(ids),
