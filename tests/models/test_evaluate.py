@@ -130,3 +130,60 @@ def test_config_needs_exactly_one_source():
 
     with pytest.raises(ConfigError, match="exactly one"):
         load_config(evaluate.Config, {"dataset_uri": "d", "output_uri": "o"})
+
+
+def _ledger(tmp_path, synth, labeled, name):
+    from activedet.al.ledger import new_ledger, write_ledger
+
+    uri = str(tmp_path / name)
+    with store.OutputWriter(uri) as out:
+        write_ledger(out, new_ledger(synth.split_ids("train"), labeled), cycle=0, parent=None)
+    return uri
+
+
+def test_rare_set_is_fixed_by_the_train_split_not_the_labeled_set(synth, synth_dataset, tmp_path):
+    """The rare classes must not change from cycle to cycle as the labeled set grows."""
+    _, gt = _val(synth)
+    pred_uri = str(tmp_path / "preds.parquet")
+    store.write_table(_noisy_predictions(gt, synth.category_ids, seed=1), pred_uri)
+    train = synth.split_ids("train")
+    rare = []
+    for k, labeled in enumerate((train[:3], train[-3:], train)):
+        res = evaluate.run(evaluate.Config(dataset_uri=synth_dataset, predictions_uri=pred_uri, output_uri=str(tmp_path / f"e{k}"),
+                                           ledger_uri=_ledger(tmp_path, synth, labeled, f"l{k}"), rare_k=2))
+        rare.append(store.read_json(store.join(res["output_uri"], "metrics.json"))["rare_classes"])
+    counts = evaluate._box_counts(synth, set(train))
+    assert rare[0] == rare[1] == rare[2] == rarest_classes(counts, 2)
+
+
+def test_rare_k_covering_every_class_is_not_reported_and_names_fix_the_set(synth, synth_dataset, tmp_path):
+    _, gt = _val(synth)
+    pred_uri = str(tmp_path / "preds.parquet")
+    store.write_table(_noisy_predictions(gt, synth.category_ids, seed=1), pred_uri)
+    every = evaluate.run(evaluate.Config(dataset_uri=synth_dataset, predictions_uri=pred_uri, output_uri=str(tmp_path / "a"),
+                                         rare_k=len(synth.category_ids)))
+    assert "AP_rare" not in every  # it would only repeat AP
+    named = evaluate.run(evaluate.Config(dataset_uri=synth_dataset, predictions_uri=pred_uri, output_uri=str(tmp_path / "b"),
+                                         rare_classes=["truck", "cyclist"]))
+    by_name = dict(zip(synth.class_names, synth.category_ids, strict=True))
+    assert store.read_json(store.join(named["output_uri"], "metrics.json"))["rare_classes"] == [by_name["truck"], by_name["cyclist"]]
+    with pytest.raises(ConfigError, match="rare_classes: unknown class 'tram'; valid: car"):
+        evaluate.run(evaluate.Config(dataset_uri=synth_dataset, predictions_uri=pred_uri, output_uri=str(tmp_path / "c"),
+                                     rare_classes=["tram"]))
+
+
+def test_stage_logs_one_name_per_quantity(synth, synth_dataset, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    _, gt = _val(synth)
+    pred_uri = str(tmp_path / "preds.parquet")
+    store.write_table(_noisy_predictions(gt, synth.category_ids, seed=1), pred_uri)
+    db = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    res = evaluate.run(evaluate.Config(dataset_uri=synth_dataset, predictions_uri=pred_uri, output_uri=str(tmp_path / "e"),
+                                       rare_k=2, mlflow_tracking_uri=db))
+    client = MlflowClient(db)
+    (run,) = client.search_runs([client.get_experiment_by_name("activedet-stages").experiment_id])
+    names = set(run.data.metrics)
+    assert run.data.metrics["metrics.AP50"] == pytest.approx(res["AP50"])
+    assert {"metrics.AP", "metrics.AP_rare", "metrics.AP_class.car"} <= names
+    assert not [n for n in names if n.startswith(("eval", "AP")) or n in ("AP", "AP50")]

@@ -91,9 +91,11 @@ def _check_outputs(exp, outcome, run_dir: Path) -> None:
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["strategy"] == exp.acquisition.strategy
-        assert {"AP", "AP50", "labeled_count"} <= set(child.data.metrics)
+        names = set(child.data.metrics)
+        assert {"metrics.AP", "metrics.AP50", "labeled_count", "train-teacher.seconds"} <= names
+        assert not names & {"AP", "AP50", "eval.AP", "evaluate.AP", "eval/AP"}  # one name per quantity
         assert {"cycle_metrics.json", "per_class_ap.png"} <= {a.path for a in client.list_artifacts(child.info.run_id)}
-    assert sorted(m.step for m in client.get_metric_history(parent, "AP50")) == labeled  # step = labeled count
+    assert sorted(m.step for m in client.get_metric_history(parent, "metrics.AP50")) == labeled  # step = labeled count
     assert "budget_curve.png" in {a.path for a in client.list_artifacts(parent)}
     summary = json.loads((run_dir / "store" / "summary" / "summary.json").read_text())
     assert summary["state"] == "SUCCEEDED" and len(summary["cycles"]) == exp.cycles

@@ -74,6 +74,11 @@ def test_label_efficiency_against_a_hand_computation():
     assert le["budget_pct_final"] == 30.0 and le["labeled_final"] == 30
     assert le["auc.AP"] == pytest.approx(10 * (0.20 + 0.30) / 2 + 10 * (0.30 + 0.34) / 2)  # 5.7
     assert le["auc_at_20pct.AP50"] == pytest.approx(10 * (0.40 + 0.50) / 2)
-    assert le["AP_at_20pct"] == pytest.approx(0.30)
+    assert le["metric_at_20pct.AP"] == pytest.approx(0.30)
     assert le["labels_to_reach.AP"] == pytest.approx(25.0)  # halfway between 0.30 (20) and 0.34 (30)
     assert math.isnan(label_efficiency(rows, target=0.9)["labels_to_reach.AP"])
+    # configured budgets: interpolated inside the curve, NaN outside it (never extrapolated)
+    at = label_efficiency(rows, budgets=[15.0, 25.0, 50.0])
+    assert at["metric_at_15pct.AP"] == pytest.approx(0.25) and at["metric_at_25pct.AP50"] == pytest.approx(0.53)
+    assert at["auc_at_15pct.AP"] == pytest.approx(5 * (0.20 + 0.25) / 2)
+    assert math.isnan(at["metric_at_50pct.AP"]) and "metric_at_20pct.AP" not in at

@@ -111,6 +111,24 @@ class StoppingSpec(FrozenModel):
     budget_cap: int | None = Field(None, ge=1, description="never label more than this many images in total")
 
 
+class EvaluationSpec(FrozenModel):
+    """What each cycle's evaluation reports and the run-level label-efficiency figures (docs/pipeline.md)."""
+
+    rare_k: int | None = Field(
+        None, ge=0, description="AP_rare over this many rarest classes of the train split's ground truth (unset: the evaluate default)"
+    )
+    rare_classes: list[str] | None = Field(None, description="the rare classes by name (fixed for the run; instead of rare_k)")
+    budgets_pct: list[float] | None = Field(
+        None, description="labeled shares of the pool (%) at which the run reports AUC@B and metric@B (unset: every cycle's)"
+    )
+
+    @model_validator(mode="after")
+    def _budgets(self) -> EvaluationSpec:
+        if self.budgets_pct is not None and any(not 0.0 < b <= 100.0 for b in self.budgets_pct):
+            raise ValueError(f"budgets_pct: every budget is a share of the pool in (0, 100], got {self.budgets_pct}")
+        return self
+
+
 class MlflowSpec(FrozenModel):
     """MLflow tracking. Locally an unset URI means sqlite in the run directory."""
 
@@ -211,6 +229,7 @@ class ExperimentConfig(FrozenModel):
     ssl: SSLSpec = Field(default_factory=SSLSpec)
     acquisition: AcquisitionSpec = Field(default_factory=AcquisitionSpec)
     stopping: StoppingSpec = Field(default_factory=StoppingSpec)
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 

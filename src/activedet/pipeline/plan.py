@@ -133,6 +133,9 @@ def _train_pool_size(exp: ExperimentConfig) -> tuple[int, str] | None:
         if not n_val:
             raise ConfigError(f"dataset.synth: val_fraction {synth.val_fraction} of {synth.sequences} sequences gives no val "
                               "images, and evaluate needs them; raise val_fraction or sequences")
+        from activedet.data.synth import CATEGORIES
+
+        _check_rare_classes(exp, list(CATEGORIES.values()))
         return (synth.sequences - n_val - n_test) * synth.frames, "dataset.synth"
     uri = exp.dataset.uri or ""
     if store.is_s3(uri):
@@ -148,7 +151,14 @@ def _train_pool_size(exp: ExperimentConfig) -> tuple[int, str] | None:
     from activedet.data.readiness import check_run_ready
 
     check_run_ready(dataset, initial_size=exp.initial_size)  # empty val, classes without boxes: fail before training
+    _check_rare_classes(exp, dataset.class_names)
     return len(dataset.split_ids("train")), f"dataset.uri {uri}"
+
+
+def _check_rare_classes(exp: ExperimentConfig, class_names: list[str]) -> None:
+    unknown = [n for n in exp.evaluation.rare_classes or () if n not in class_names]
+    if unknown:
+        raise ConfigError(f"evaluation.rare_classes: unknown class {unknown[0]!r}; valid: {', '.join(class_names)}")
 
 
 def _check_dataset(exp: ExperimentConfig) -> None:

@@ -58,13 +58,14 @@ def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budge
 
 
 def label_efficiency(rows: list[dict], *, metrics: tuple[str, ...] = ("AP", "AP50"), target: float | None = None,
-                     target_metric: str = "AP") -> dict[str, float]:
+                     target_metric: str = "AP", budgets: list[float] | None = None) -> dict[str, float]:
     """Run-level label-efficiency figures from the per-cycle rows (METHODS.md section 7).
 
     The budget of a cycle is the labeled share of its pool (``labeled / (labeled + unlabeled)``,
     in percent). For each metric ``m``: ``auc.m`` (AUC@B over the whole curve, metric x
-    percentage points), ``auc_at_<B>pct.m`` and ``m_at_<B>pct`` at every cycle's budget ``B``;
-    with a ``target``, ``labels_to_reach.<target_metric>`` (NaN when never reached).
+    percentage points), ``auc_at_<B>pct.m`` and ``metric_at_<B>pct.m`` at each budget ``B`` of
+    ``budgets`` (unset: every cycle's; NaN outside the measured curve); with a ``target``,
+    ``labels_to_reach.<target_metric>`` (NaN when never reached).
 
     Returns:
         a flat mapping of MLflow-safe names to floats.
@@ -82,10 +83,10 @@ def label_efficiency(rows: list[dict], *, metrics: tuple[str, ...] = ("AP", "AP5
             continue
         bs, ys = [b for b, _ in keep], [y for _, y in keep]
         out[f"auc.{m}"] = auc_at(bs, ys)
-        for b in bs:
-            tag = f"{b:.0f}pct"
+        for b in bs if budgets is None else budgets:
+            tag = f"{b:.3g}pct"
             out[f"auc_at_{tag}.{m}"] = auc_at(bs, ys, upto=b)
-            out[f"{m}_at_{tag}"] = metric_at(bs, ys, b)
+            out[f"metric_at_{tag}.{m}"] = metric_at(bs, ys, b)
     if target is not None:
         have = [(r["labeled"], r[target_metric]) for r in points if isinstance(r.get(target_metric), (int, float))]
         out[f"labels_to_reach.{target_metric}"] = labels_to_reach([x for x, _ in have], [y for _, y in have], target)

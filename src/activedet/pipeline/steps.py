@@ -159,8 +159,9 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     """Run one stage of one cycle: its module's ``from_experiment`` builds the ``Config``, then ``run``.
 
     ``upstream``: the values the stage's ``from_experiment`` takes from the DAG (score-unlabeled's
-    ``shard``, select-batch's ``budget``). Returns the stage result as JSON. With tracking on, the stage logs into a nested run under
-    the cycle run, and the numeric leaves of its result go to the cycle run as ``<stage>.<key>``.
+    ``shard``, select-batch's ``budget``). Returns the stage result as JSON. With tracking on, the stage logs its own numbers
+    into a nested run under the cycle run (the same names as when it runs alone); this step adds the stage's wall time there as
+    ``seconds`` and to the cycle run as ``<stage>.seconds`` (docs/pipeline.md lists every name).
     """
     from activedet.stages import stage_module
 
@@ -187,10 +188,9 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     log.info("✔ %s: done in %.1f s", where, seconds)
     if stage_run:
         client = _client(uri)
-        metrics = flatten_numbers(payload)
-        _log_metrics(client, stage_run, {**metrics, "seconds": seconds}, step=cycle)
-        if stage != "score-unlabeled":  # shards run concurrently: keep their numbers in their own runs
-            _log_metrics(client, cycle_run_id, {f"{stage}.{k}": v for k, v in {**metrics, "seconds": seconds}.items()}, step=cycle)
+        _log_metrics(client, stage_run, {"seconds": seconds}, step=cycle)
+        if shard is None:  # shards run concurrently: each keeps its time in its own run
+            _log_metrics(client, cycle_run_id, {f"{stage}.seconds": seconds}, step=cycle)
         client.set_terminated(stage_run, "FINISHED")
     return json.dumps(payload, default=str)
 
@@ -303,10 +303,11 @@ def _track_cycle(
     if not uri or not cycle_run_id:
         return
     client = _client(uri)
-    summary = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    # one name per quantity: the evaluation as metrics.*, the row's counts bare (its AP columns are metrics.*)
+    summary = {k: v for k, v in row.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in AP_KEYS}
     summary["labeled_count"] = row["labeled"]
-    summary.update({f"eval.{k}": v for k, v in flatten_numbers(metrics).items() if not k.startswith("per_class_AP.")})
-    summary.update({f"AP.{k}": v for k, v in _per_class(metrics).items()})
+    summary.update({f"metrics.{k}": v for k, v in flatten_numbers(metrics).items() if not k.startswith("per_class_AP.")})
+    summary.update({f"metrics.AP_class.{k}": v for k, v in _per_class(metrics).items()})
     summary.update({f"pseudo.{k}": v for k, v in flatten_numbers(pseudo).items()})
     _log_metrics(client, cycle_run_id, summary, step=row["cycle"])
     with tempfile.TemporaryDirectory() as tmp:
@@ -318,7 +319,7 @@ def _track_cycle(
             client.log_artifact(cycle_run_id, str(store.download(png_uri, Path(tmp) / "per_class_ap.png")))
     client.set_terminated(cycle_run_id, "FINISHED")
     if parent_run_id:
-        curve = {k: row[k] for k in ("AP", "AP50", "AP75") if k in row}
+        curve = {f"metrics.{k}": row[k] for k in ("AP", "AP50", "AP75") if isinstance(row.get(k), (int, float))}
         curve["labeled_count"] = row["labeled"]
         _log_metrics(client, parent_run_id, curve, step=row["labeled"])
 
@@ -340,7 +341,8 @@ def finish_run(experiment_json: str, run_root: str, state: str) -> str:
         png = Path(tmp) / "budget_curve.png"
         summary = Path(tmp) / "summary.json"
         target = exp.stopping.target_ap
-        efficiency = report.label_efficiency(rows, target=target, target_metric=exp.stopping.metric)
+        efficiency = report.label_efficiency(rows, target=target, target_metric=exp.stopping.metric,
+                                             budgets=exp.evaluation.budgets_pct)
         summary.write_text(json.dumps({"state": state, "cycles": rows, "label_efficiency": efficiency}, indent=2, default=str))
         store.upload(summary, store.join(lay.summary_dir, "summary.json"))
         if rows:

@@ -1,10 +1,14 @@
 """Evaluate a detector (or a predictions table) against ground truth with pycocotools.
 
 Runs the checkpoint on the images of ``split`` (or reads ``predictions_uri``), then COCOeval
-(bbox): AP, AP50, AP75, APs/m/l, AR@1/10/100, per-class AP/AP50, and AP over the ``rare_k``
-rarest classes by labeled frequency (ledger's labeled train images; all train images without a
-ledger). Writes ``metrics.json``, ``per_class.parquet``, ``per_class.csv``, ``per_class_ap.png``
-and, when it ran a model, ``predictions.parquet``; logs the metrics to MLflow when configured.
+(bbox): AP, AP50, AP75, APs/m/l, AR@1/10/100, per-class AP/AP50, and ``AP_rare``, the mean AP
+of the rare classes. The rare set is the same in every cycle of a run: the ``rare_classes``
+given by name, or the ``rare_k`` classes with the fewest ground-truth boxes over the whole train
+split (not over the labeled set, which changes every cycle). When ``rare_k`` covers every class,
+``AP_rare`` would only repeat AP and is not reported. Writes ``metrics.json``,
+``per_class.parquet``, ``per_class.csv``, ``per_class_ap.png`` and, when it ran a model,
+``predictions.parquet``; logs ``metrics.<name>`` and ``metrics.AP_class.<class>`` to MLflow when
+configured (the names docs/pipeline.md lists).
 """
 
 from __future__ import annotations
@@ -43,8 +47,9 @@ class Config(StageConfig):
         None, description="boxes table to evaluate: a .parquet URI, or an output prefix holding predictions.parquet / boxes.parquet"
     )
     output_uri: str = Field(description="output prefix for metrics.json, per_class.parquet/.csv, per_class_ap.png")
-    ledger_uri: str | None = Field(None, description="ledger whose labeled images define class frequency for the rare-class AP")
-    rare_k: int = Field(10, ge=0, description="AP over this many rarest classes (by labeled frequency)")
+    ledger_uri: str | None = Field(None, description="ledger whose labeled images give per_class's labeled_boxes column")
+    rare_k: int = Field(10, ge=0, description="AP_rare over this many rarest classes (fewest ground-truth boxes in the train split)")
+    rare_classes: list[str] | None = Field(None, description="the rare classes by name (instead of the rare_k rarest)")
     batch_size: int = Field(8, ge=1, description="inference batch size")
     score_floor: float = Field(0.01, ge=0.0, lt=1.0, description="drop detections scoring at or below this")
     nms_iou: float = Field(0.5, gt=0.0, le=1.0, description="per-class NMS IoU")
@@ -61,7 +66,8 @@ class Config(StageConfig):
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
     """COCO AP of cycle ``cycle``'s model (student with SSL, else teacher) on the val split."""
     return config_from(
-        Config, exp, where=f"{NAME} (cycle {cycle})", fields={"device": "device"},
+        Config, exp, where=f"{NAME} (cycle {cycle})",
+        fields={"device": "device", "rare_k": "evaluation.rare_k", "rare_classes": "evaluation.rare_classes"},
         checkpoint_uri=layout.model(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), output_uri=layout.eval(cycle),
     )
 
@@ -86,6 +92,10 @@ def labeled_counts(dataset, ledger_uri: str | None) -> dict[int, int]:
     except ActivedetError:  # an empty labeled set: every class counts 0
         log.warning("evaluate: no labeled images found for the rare-class frequency; counting 0 for all")
         ids = set()
+    return _box_counts(dataset, ids)
+
+
+def _box_counts(dataset, ids: set[str]) -> dict[int, int]:
     counts = {int(c): 0 for c in dataset.category_ids}
     for iid, c in zip(dataset.boxes.column("image_id").to_pylist(), dataset.boxes.column("category_id").to_pylist(), strict=False):
         if iid in ids:
@@ -93,10 +103,29 @@ def labeled_counts(dataset, ledger_uri: str | None) -> dict[int, int]:
     return counts
 
 
+def rare_class_ids(dataset, *, k: int, names: list[str] | None) -> list[int] | None:
+    """The run's rare classes: ``names`` (by class name), else the ``k`` with fewest train-split boxes.
+
+    ``None`` when there is no distinct rare set (``k`` = 0, or ``k`` covers every class: AP_rare
+    would equal AP). Unknown names raise :class:`ConfigError` listing the valid ones.
+    """
+    from activedet.models.evaluation import rarest_classes
+
+    by_name = dict(zip(dataset.class_names, dataset.category_ids, strict=True))
+    if names:
+        unknown = [n for n in names if n not in by_name]
+        if unknown:
+            raise ConfigError(f"evaluation.rare_classes: unknown class {unknown[0]!r}; valid: {', '.join(by_name)}")
+        return [int(by_name[n]) for n in names]
+    if k <= 0 or k >= len(by_name):
+        return None
+    return rarest_classes(_box_counts(dataset, set(dataset.split_ids("train"))), k)
+
+
 def run(config: Config) -> dict:
     """Evaluate; returns the metrics and the output URI."""
     from activedet.data.dataset import load_dataset
-    from activedet.models.evaluation import coco_evaluate, per_class_table, plot_per_class, rarest_classes
+    from activedet.models.evaluation import coco_evaluate, per_class_table, plot_per_class
     from activedet.tracking import tracker_for
 
     dataset = load_dataset(config.dataset_uri)
@@ -121,7 +150,10 @@ def run(config: Config) -> dict:
             where=config.predictions_uri,
         )
     counts = labeled_counts(dataset, config.ledger_uri)
-    rare = rarest_classes(counts, config.rare_k) if config.rare_k else None
+    rare = rare_class_ids(dataset, k=config.rare_k, names=config.rare_classes)
+    if rare is None and config.rare_k and not config.rare_classes:
+        log.info("evaluate: rare_k %d covers all %d classes: AP_rare not reported (it would equal AP)",
+                 config.rare_k, len(dataset.category_ids))
     result = coco_evaluate(dataset.boxes, preds, dataset.images, dataset.categories, image_ids=ids, rare_ids=rare)
     per_class = result["per_class"]
     for r in per_class:
@@ -149,11 +181,17 @@ def run(config: Config) -> dict:
             out.write_table("predictions.parquet", preds)
         tracker = tracker_for(config, run_name="evaluate")
         tracker.log_params({"split": config.split, "checkpoint_uri": config.checkpoint_uri, "predictions_uri": config.predictions_uri})
-        tracker.log_metrics({f"eval/{k}": v for k, v in metrics.items() if v is not None})
-        tracker.log_metrics({f"eval/AP/{r['name']}": r["ap"] for r in per_class if r["ap"] is not None})
+        tracker.log_metrics(mlflow_metrics(metrics, per_class))
         tracker.log_artifact(png, "evaluate")
     log.info("evaluate: AP %.4f AP50 %.4f on %d %s images", metrics["AP"] or 0.0, metrics["AP50"] or 0.0, len(ids), config.split)
     return {"output_uri": config.output_uri, **{k: v for k, v in metrics.items()}}
+
+
+def mlflow_metrics(metrics: dict, per_class: list[dict]) -> dict[str, float]:
+    """The MLflow names of an evaluation: ``metrics.<name>`` and ``metrics.AP_class.<class>`` (one name per quantity)."""
+    out = {f"metrics.{k}": float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    out.update({f"metrics.AP_class.{r['name']}": float(r["ap"]) for r in per_class if r.get("ap") is not None})
+    return out
 
 
 def _csv(rows: list[dict]) -> str:
