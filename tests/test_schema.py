@@ -143,6 +143,16 @@ def test_null_in_required_column():
         schema.validate_boxes(table)
 
 
+def test_loc_quality_in_unit_interval_or_null():
+    boxes = [[1, 1, 5, 5]] * 3
+    ok = schema.boxes_from_arrays(["a", "b", "c"], boxes, [1] * 3, source="pred", extra={"loc_quality": [0.0, None, 1.0]})
+    out, _ = schema.validate_boxes(ok)
+    assert out.column("loc_quality").to_pylist() == [0.0, None, 1.0]
+    bad = schema.boxes_from_arrays(["a", "b", "c"], boxes, [1] * 3, source="pred", extra={"loc_quality": [0.5, 1.2, -0.1]})
+    with pytest.raises(SchemaError, match=r"column 'loc_quality': 2 bad row\(s\).*first image_id 'b'"):
+        schema.validate_boxes(bad)
+
+
 def test_optional_columns_kept_and_typed():
     table = _boxes([("a", 1, 1, 5, 5)], iscrowd=[True], track_id=["t1"])
     out, _ = schema.validate_boxes(table)
