@@ -184,3 +184,18 @@ def test_s3_download_smoke_compares_every_method_per_size(tmp_path):
     assert {r["object_mb"] for r in payload["rows"]} == {1, 4}
     assert all(r["value"] > 0 and r["baseline_value"] > 0 for r in payload["rows"])
     assert (tmp_path / "s3.png").stat().st_size > 0
+
+
+def test_certainty_benchmark_true_iou_is_best_same_class_iou():
+    import numpy as np
+
+    import certainty_head
+    from activedet import schema
+
+    gt = schema.boxes_from_arrays(["a", "a"], [[0, 0, 10, 10], [20, 0, 30, 10]], [1, 2], source="gt")
+    preds = schema.boxes_from_arrays(["a", "a", "b"], [[0, 0, 10, 5], [20, 0, 30, 10], [0, 0, 5, 5]], [1, 1, 1], source="pred")
+    # half of GT 1; exactly GT 2 but the wrong class; an image without GT
+    np.testing.assert_allclose(certainty_head.true_iou(preds, gt), [0.5, 0.0, 0.0])
+    c = certainty_head.correlations(np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.4, 0.9]))
+    assert c["spearman"] == pytest.approx(1.0) and c["n"] == 3
+    assert certainty_head.correlations(np.ones(3), np.arange(3.0))["pearson"] is None
