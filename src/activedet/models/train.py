@@ -260,9 +260,12 @@ class ResumeCheckpointer:
     identifies the run's settings; a resume state with another fingerprint is ignored.
     """
 
-    def __init__(self, output_uri: str, detector: Detector, *, every: int, fingerprint: str):
+    def __init__(self, output_uri: str, detector: Detector, *, every: int, fingerprint: str, extra=None):
         self.root = store.join(output_uri, store.RESUME_DIR)
         self.detector, self.every, self.fingerprint = detector, every, fingerprint
+        # more training state (the mean teacher's EMA teacher and ACT state): save_files(tmp_dir) ->
+        # {name: path} into each checkpoint, restore(folder) from one, reset() when it is discarded
+        self.extra = extra
 
     def latest(self) -> dict | None:
         uri = store.join(self.root, "latest.json")
@@ -291,10 +294,14 @@ class ResumeCheckpointer:
             load_weights(self.detector, folder)
             optim = read_safetensors(folder, "optim.safetensors")
             iteration = int(state["iteration"])
+            if self.extra is not None:
+                self.extra.restore(folder)
         except (ActivedetError, KeyError, TypeError, ValueError) as exc:
             log.warning("discarding unreadable resume state at %s (%s); training starts from scratch", self.root,
                         str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
             self.detector.model.load_state_dict(initial)  # a half-applied state must not leak into training
+            if self.extra is not None:
+                self.extra.reset()
             store.delete_prefix(self.root)
             return 0, {}
         log.info("resuming from %s at iteration %d", folder, iteration)
@@ -307,7 +314,8 @@ class ResumeCheckpointer:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / "optim.safetensors"
             save_file(trainer.optimizer_state_tensors(), str(path))
-            upload_checkpoint(self.detector, folder, extra_files={"optim.safetensors": path},
+            extra = self.extra.save_files(Path(tmp)) if self.extra is not None else {}
+            upload_checkpoint(self.detector, folder, extra_files={"optim.safetensors": path, **extra},
                               iteration=it, losses=trainer.last_losses)
         try:
             previous = self.latest()
@@ -346,6 +354,8 @@ def train_and_commit(
     loss_fn: Callable | None = None,
     log_every: int | None = None,
     training_info: dict | None = None,
+    extra_hooks: Iterable[object] = (),
+    resume_extra=None,
     **checkpoint_meta,
 ) -> TrainedOutput | None:
     """The training skeleton teacher and student share: resume, train, save, metrics.
@@ -354,7 +364,8 @@ def train_and_commit(
     fingerprint matches (``config`` + ``digest``), trains with :meth:`Trainer.from_config` on
     ``make_batches(start_iteration)``, then commits ``model.safetensors`` + ``meta.json``
     (``checkpoint_meta`` goes into the meta) and ``train.json`` (``training_info`` added), and logs
-    the final loss and speed. The detector ends on the CPU.
+    the final loss and speed. The detector ends on the CPU. ``extra_hooks`` run before the resume
+    checkpointer's; ``resume_extra`` is its ``extra`` (more state in each resume checkpoint).
 
     Inside a data-parallel job (:mod:`activedet.models.distributed`) every rank calls this with
     its own ``make_batches``; only rank 0 opens the output, restores (then broadcasts iteration
@@ -370,9 +381,10 @@ def train_and_commit(
     with writer as out:
         hooks, start, optim_state = [], 0, {}
         if rank.is_main:
-            resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest))
+            resume = ResumeCheckpointer(out.prefix, detector, every=config.checkpoint_every, fingerprint=resume_fingerprint(config, digest),
+                                        extra=resume_extra)
             start, optim_state = resume.restore()
-            hooks = [resume]
+            hooks = [*extra_hooks, resume]
         else:
             tracker = NullTracker()
         start, optim_state = distributed.broadcast_object((start, optim_state))

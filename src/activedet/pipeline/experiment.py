@@ -91,6 +91,14 @@ class SSLSpec(FrozenModel):
     labeled_fraction: float | None = Field(
         None, gt=0.0, lt=1.0, description="share of each mini-batch that is labeled (unset: the stage default)"
     )
+    mode: str | None = Field(
+        None, description="student trainer: offline (fixed pseudo-labels) or mean_teacher (online EMA teacher, LabelMatch); "
+        "unset: the stage default (offline)"
+    )
+    mean_teacher: dict[str, Any] | None = Field(
+        None, description="settings of mode mean_teacher (train-student-ssl's MeanTeacherSettings: ema_decay, act_every, "
+        "act_images, alpha, rplm, rplm_score, rplm_iou; unset: the stage defaults)"
+    )
 
 
 class AcquisitionSpec(FrozenModel):

@@ -7,13 +7,20 @@ the unsupervised loss of class-``m`` pseudo boxes is multiplied by ``alpha_m`` f
 labels' ``thresholds.json`` (the ``dynamic`` filter writes them; other filters write 1), uncertain
 pseudo boxes give classification loss only, and pool images without pseudo boxes are trained as
 background unless disabled. Checkpoints, resume, progress and MLflow behave as in train-teacher.
+
+That is ``mode: offline`` (the default). ``mode: mean_teacher`` trains online instead
+(:mod:`activedet.ssl.mean_teacher`, LabelMatch): an EMA teacher re-labels every batch's pool
+images (weak view) with ACT thresholds re-estimated every ``mean_teacher.act_every`` iterations;
+the student learns the strong view (reliable boxes hard, uncertain ones by proposal
+self-assignment, never box-regressed); the EMA teacher is the published model. It reads no
+offline pseudo-labels (the whole ledger pool is its unlabeled set).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from activedet.config import FrozenModel, StageConfig, config_from
 
@@ -39,8 +46,33 @@ class StrongAugmentation(FrozenModel):
     cutout_scale: tuple[float, float] = Field((0.01, 0.05), description="patch area range, fraction of the image")
 
 
+class MeanTeacherSettings(FrozenModel):
+    """Settings of ``mode: mean_teacher`` (LabelMatch, Chen et al. 2022; docs/ssl.md)."""
+
+    ema_decay: float | None = Field(
+        None, gt=0.0, lt=1.0, description="EMA decay of the teacher (unset: the paper's 0.9996 at 180k iterations "
+        "scaled to the schedule, 0.9996 ** (180000 / iterations), clamped to [0.9, 0.9996])"
+    )
+    act_every: int = Field(100, ge=0, description="iterations between ACT threshold estimates with the EMA teacher (K; 0: once)")
+    act_images: int = Field(1000, ge=1, description="pool images (seeded random subset) each ACT estimate predicts")
+    alpha: float = Field(20.0, ge=0.0, le=100.0, description="reliable share in % of the expected class count (t_c^r)")
+    rplm: bool = Field(True, description="reliable pseudo-label mining: promote uncertain boxes with a tight pre-NMS cluster")
+    rplm_score: float = Field(0.8, ge=0.0, le=1.0, description="RPLM: minimum mean score of the pre-NMS cluster")
+    rplm_iou: float = Field(0.8, ge=0.0, le=1.0, description="RPLM: minimum mean IoU of the cluster with the kept box")
+
+
+#: lambda_u when not set: LabelMatch's 2.0 online, Elezi/Li's 1.0 offline (METHODS.md section 3)
+MEAN_TEACHER_LAMBDA_U = 2.0
+
+
 class Config(StageConfig):
     """Config of the train-student-SSL stage."""
+
+    mode: Literal["offline", "mean_teacher"] = Field(
+        "offline", description="offline: fixed pseudo-labels from generate-pseudo-labels; mean_teacher: online EMA "
+        "teacher (LabelMatch)"
+    )
+    mean_teacher: MeanTeacherSettings = Field(MeanTeacherSettings(), description="settings of mode mean_teacher")
 
     teacher_checkpoint_uri: str = Field(description="teacher checkpoint prefix; the student starts from its weights")
     dataset_uri: str = Field(description="dataset prefix (images, gt boxes, categories)")
@@ -52,7 +84,9 @@ class Config(StageConfig):
     iterations: int = Field(600, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=2, description="images per mini-batch (labeled + pseudo-labeled)")
     labeled_fraction: float = Field(0.5, gt=0.0, lt=1.0, description="share of each mini-batch that is labeled")
-    lambda_u: float = Field(1.0, ge=0.0, description="weight of the unsupervised (pseudo-label) loss")
+    lambda_u: float = Field(
+        1.0, ge=0.0, description=f"weight of the unsupervised (pseudo-label) loss (mode mean_teacher: {MEAN_TEACHER_LAMBDA_U} when unset)"
+    )
     use_class_weights: bool = Field(True, description="multiply class-m pseudo-box losses by alpha_m from thresholds.json")
     uncertain_boxes: Literal["classification", "ignore"] = Field(
         "classification",
@@ -78,6 +112,19 @@ class Config(StageConfig):
     )
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
 
+    @model_validator(mode="before")
+    @classmethod
+    def _mode_defaults(cls, data):
+        if isinstance(data, dict) and data.get("mode") == "mean_teacher" and data.get("lambda_u") is None:
+            data = {**data, "lambda_u": MEAN_TEACHER_LAMBDA_U}
+        return data
+
+    @model_validator(mode="after")
+    def _mean_teacher_single_process(self) -> Config:
+        if self.mode == "mean_teacher" and getattr(self, "devices", 1) > 1:
+            raise ValueError("mode mean_teacher runs in one process: devices must be 1")
+        return self
+
 
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
     """Cycle ``cycle``'s student: the teacher's weights, its pseudo-labels, the experiment's SSL settings."""
@@ -88,6 +135,7 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
         fields={
             "iterations": "training.student_iterations", "batch_size": "training.batch_size", "lr": "training.student_lr",
             "labeled_fraction": "ssl.labeled_fraction", "lambda_u": "ssl.lambda_u",
+            "mode": "ssl.mode", "mean_teacher": "ssl.mean_teacher",
             "checkpoint_every": "training.checkpoint_every", "num_workers": "training.num_workers", "device": "device",
         },
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
@@ -103,11 +151,12 @@ def run(config: Config) -> dict:
     that each run this function as one rank; rank 0's result is returned.
     """
     from activedet.models import distributed
+    from activedet.ssl.mean_teacher import train_mean_teacher
     from activedet.ssl.student import train_student
 
     if config.devices > 1 and not distributed.in_worker():
         return distributed.launch(NAME, config, nprocs=config.devices)
     try:
-        return train_student(config)
+        return train_mean_teacher(config) if config.mode == "mean_teacher" else train_student(config)
     finally:
         distributed.destroy_process_group()
