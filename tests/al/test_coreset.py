@@ -78,7 +78,8 @@ def test_pruning_skips_work_on_clustered_data_with_identical_picks(engine):
     plain = k_center_greedy(pts, 60, centers=centers, prune=False, device="cpu")
     pruned = k_center_greedy(pts, 60, centers=centers, engine=engine, device="cpu")
     assert pruned.indices.tolist() == plain.indices.tolist()
-    assert pruned.radius == pytest.approx(plain.radius, rel=1e-6)
+    # float32 distances from |x|^2 + |c|^2 - 2x.c lose ~eps * |x|^2 / r^2 (about 1e-5 here) and the engines sum in different orders
+    assert pruned.radius == pytest.approx(plain.radius, rel=1e-4)
     assert plain.computed_share == 1.0 and pruned.computed_share < 0.5
     # no initial centers: the seeded first pick, then the same greedy
     assert (k_center_greedy(pts, 30, seed=2, engine=engine, device="cpu").indices.tolist()

@@ -122,15 +122,19 @@ def test_scored_selection_strategies_end_to_end(al_dataset, tmp_path):
     sc = score_unlabeled.score_pool(score_config(al_dataset, l0, str(tmp_path / "sc"), scores=["unified", "embedding"],
                                                  include_labeled=True), fake_predictions)
     labeled = set(L.ids_in_state(L.read_ledger(l0)[0], "labeled"))
-    for strategy in ("topk", "coreset", "unified", "prefilter_coreset", "class_balanced", "uniform_topk"):
+    for strategy in ("topk", "coreset", "unified", "prefilter_coreset", "class_balanced", "uniform_topk", "auto"):
         res = select_batch.run(select_batch.Config(dataset_uri=al_dataset, ledger_uri=l0, output_uri=str(tmp_path / strategy),
                                                    strategy=strategy, budget=4, scores_uri=sc.scores_uri, device="cpu"))
         ids = select_batch.read_selection(res.selection_uri).column("image_id").to_pylist()
         assert len(ids) == 4 and not set(ids) & labeled, strategy
+        if strategy == "auto":  # the measurement and the choice reach the result and selection.json
+            meta = store.read_json(store.join(res.selection_uri, select_batch.SELECTION_META))
+            assert meta["auto.choice"] == res.info["auto.choice"] in ("coreset", "random", "topk")
+            assert 0.0 <= meta["auto.near_duplicate_share"] <= 1.0
 
 
 def test_config_errors():
-    with pytest.raises(ConfigError, match="valid: class_balanced"):
+    with pytest.raises(ConfigError, match="valid: auto, class_balanced"):
         load_config(select_batch.Config, {"dataset_uri": "d", "ledger_uri": "l", "output_uri": "o", "strategy": "best", "budget": 1})
     with pytest.raises(ConfigError, match="unknown score"):
         load_config(score_unlabeled.Config, {"checkpoint_uri": "c", "dataset_uri": "d", "ledger_uri": "l", "output_uri": "o", "scores": ["foo"]})

@@ -35,6 +35,13 @@ Strategies:
 ``class_balanced`` equal quotas per predicted class: classes (from ``pred_classes``) take turns,
                    rarest in the pool first, each taking its highest-``score`` image not yet
                    taken; when every class list is exhausted, the rest is filled by ``score``.
+``auto``           chooses per cycle as Mittal et al. Table 6 recommends, from the pool's measured
+                   redundancy (:mod:`activedet.al.redundancy`: share of images whose nearest
+                   neighbour in embedding space is a near-duplicate) and the labeled share:
+                   ``coreset`` on a redundant pool (share >= ``auto_redundant_at``), else
+                   ``random`` while under ``auto_low_budget_pct`` % is labeled, else ``topk`` of
+                   ``score`` (single-sample uncertainty). The measurement and the choice are in
+                   :attr:`Picked.info` (select-batch logs them and writes them to selection.json).
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ class SelectionParams:
     prefilter_factor: float = 3.0
     unified_factor: float = 2.0
     device: str = "auto"
+    auto_redundant_at: float = 0.5
+    auto_low_budget_pct: float = 5.0
+    auto_near_dup_ratio: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -129,10 +139,12 @@ class SelectionInput:
 
 @dataclass(frozen=True)
 class Picked:
-    """A strategy's answer: ids in rank order and the score each was picked by (None: none)."""
+    """A strategy's answer: ids in rank order, the score each was picked by (None: none), and
+    what the strategy measured or decided (``info``: flat numbers and strings, logged by select-batch)."""
 
     ids: list[str]
     scores: list[float | None]
+    info: dict = field(default_factory=dict)
 
 
 Strategy = Callable[[SelectionInput], Picked]
@@ -300,12 +312,39 @@ def class_balanced_strategy(inp: SelectionInput) -> Picked:
     return Picked([inp.pool[i] for i in taken], [float(values[i]) for i in taken])
 
 
+def auto_choice(redundancy: float, labeled_pct: float, params: SelectionParams) -> str:
+    """Mittal et al. Table 6: batch-based on redundant pools; on diverse ones random at low budget, else single-sample."""
+    if redundancy >= params.auto_redundant_at:
+        return "coreset"
+    return "random" if labeled_pct < params.auto_low_budget_pct else "topk"
+
+
+@STRATEGIES.register("auto")
+def auto_strategy(inp: SelectionInput) -> Picked:
+    from activedet.al.redundancy import measure_redundancy
+
+    ids = list(inp.pool) + list(inp.labeled)
+    sequences = None
+    if inp.images is not None and "sequence_id" in inp.images.column_names:
+        by_id = dict(zip(inp.images.column("image_id").to_pylist(), inp.images.column("sequence_id").to_pylist(), strict=True))
+        sequences = [by_id.get(i) for i in ids]
+    measured = measure_redundancy(inp.embeddings(ids), sequences, ratio=inp.params.auto_near_dup_ratio, seed=inp.seed)
+    labeled_pct = 100.0 * len(inp.labeled) / max(len(ids), 1)
+    choice = auto_choice(measured.near_duplicate_share, labeled_pct, inp.params)
+    log.info("auto: near-duplicate share %.2f (%.0f%% of them within a sequence, %d images measured), %.1f%% labeled -> %s",
+             measured.near_duplicate_share, 100 * measured.within_sequence_share, measured.measured, labeled_pct, choice)
+    picked = STRATEGIES.get(choice)(inp)
+    info = {**{f"auto.{k}": (v if v == v else None) for k, v in measured.as_dict().items()},  # NaN: not measurable
+            "auto.labeled_pct": labeled_pct, "auto.choice": choice}
+    return Picked(picked.ids, picked.scores, info)
+
+
 # --------------------------------------------------------------------------- entry point
 
 
 #: strategies that rank by the configured ``score`` column, and those that need embeddings (k-center)
-RANKS_BY_SCORE = frozenset({"topk", "uniform_topk", "prefilter_coreset", "class_balanced"})
-NEEDS_EMBEDDINGS = frozenset({"coreset", "prefilter_coreset"})
+RANKS_BY_SCORE = frozenset({"topk", "uniform_topk", "prefilter_coreset", "class_balanced", "auto"})
+NEEDS_EMBEDDINGS = frozenset({"coreset", "prefilter_coreset", "auto"})
 
 
 def required_columns(strategy: str, score: str) -> list[str]:

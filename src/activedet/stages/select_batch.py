@@ -3,7 +3,9 @@
 Pool = the ledger's unlabeled images of the split (labeled and pending images are never
 selected; their embeddings are core-set's initial centers). Strategies: see
 :mod:`activedet.al.selection` (random, uniform, topk, coreset, uniform_topk, prefilter_coreset,
-unified, class_balanced).
+unified, class_balanced, auto). What a strategy measured or decided (``auto``: the pool's
+redundancy, the labeled share and the strategy it chose) goes into ``selection.json``, the result,
+the log and the stage's MLflow run.
 
 Output (``output_uri``): ``selection.parquet`` (schema.SELECTION, rank from 0),
 ``selection.json`` and a new ledger (``ledger.parquet`` / ``ledger.json``) in which the selected
@@ -66,6 +68,13 @@ class Config(StageConfig):
     prefilter_factor: float = Field(3.0, ge=1.0, description="prefilter_coreset: keep the top factor * budget by score")
     unified_factor: float = Field(2.0, ge=1.0, description="unified: keep the top factor * budget by entropy")
     device: str = Field("auto", description="core-set device: auto, cpu, cuda")
+    auto_redundant_at: float = Field(
+        0.5, ge=0.0, le=1.0, description="auto: core-set when at least this share of images has a near-duplicate nearest neighbour"
+    )
+    auto_low_budget_pct: float = Field(5.0, ge=0.0, le=100.0, description="auto, diverse pool: random while under this % is labeled")
+    auto_near_dup_ratio: float = Field(
+        0.5, gt=0.0, le=1.0, description="auto: near-duplicate when closer than this x the median random-pair embedding distance"
+    )
     split: str = Field("train", description="dataset split of the pool")
 
     @field_validator("strategy")
@@ -100,6 +109,7 @@ class Result(BaseModel):
     selected: int
     pool_size: int
     exhausted: bool
+    info: dict[str, float | str | None] = Field(default_factory=dict, description="what the strategy measured or decided (auto.*)")
 
 
 def selection_table(ids: list[str], scores: list[float | None], strategy: str) -> pa.Table:
@@ -131,7 +141,9 @@ def run(config: Config) -> Result:
                                         where=store.join(config.scores_uri, SCORES_FILE))
     seed = int(np.random.SeedSequence([config.seed, cycle]).generate_state(1)[0])
     params = SelectionParams(score=config.score, uniform_n=config.uniform_n, prefilter_factor=config.prefilter_factor,
-                             unified_factor=config.unified_factor, device=config.device)
+                             unified_factor=config.unified_factor, device=config.device,
+                             auto_redundant_at=config.auto_redundant_at, auto_low_budget_pct=config.auto_low_budget_pct,
+                             auto_near_dup_ratio=config.auto_near_dup_ratio)
     inp = SelectionInput(pool=pool, budget=config.budget, seed=seed, scores=scores, images=dataset.images,
                          labeled=labeled, params=params)
     picked = select(config.strategy, inp)
@@ -142,9 +154,12 @@ def run(config: Config) -> Result:
         out.write_table(SELECTION_FILE, table)
         out.write_json(SELECTION_META, {"strategy": config.strategy, "budget": config.budget, "cycle": cycle,
                                         "selected": table.num_rows, "pool_size": len(pool), "exhausted": exhausted,
-                                        "ledger_uri": config.ledger_uri, "scores_uri": config.scores_uri})
+                                        "ledger_uri": config.ledger_uri, "scores_uri": config.scores_uri, **picked.info})
         ledger_mod.write_ledger(out, new_ledger, cycle=cycle, parent=config.ledger_uri, selection=config.strategy)
     log.info("select-batch: %s picked %d of %d pool images (cycle %d)", config.strategy, table.num_rows, len(pool), cycle)
-    tracker_for(config, run_name="select-batch").log_metrics({"selected": table.num_rows, "pool_size": len(pool)}, step=cycle)
+    tracker = tracker_for(config, run_name="select-batch")
+    numbers = {k: v for k, v in picked.info.items() if isinstance(v, (int, float))}
+    tracker.log_metrics({"selected": table.num_rows, "pool_size": len(pool), **numbers}, step=cycle)
+    tracker.log_params({k: v for k, v in picked.info.items() if isinstance(v, str)})
     return Result(selection_uri=config.output_uri, ledger_uri=config.output_uri, cycle=cycle, selected=table.num_rows,
-                  pool_size=len(pool), exhausted=exhausted)
+                  pool_size=len(pool), exhausted=exhausted, info=picked.info)

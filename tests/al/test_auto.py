@@ -1,0 +1,88 @@
+"""strategy: auto -- the redundancy measurement and the Table 6 choice (Mittal et al.)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pyarrow as pa
+import pytest
+
+from activedet.al.redundancy import measure_redundancy, nearest_neighbours
+from activedet.al.selection import SelectionInput, SelectionParams, auto_choice, select
+
+
+def _video_pool(sequences: int, frames: int, dim: int = 32, jitter: float = 0.01, seed: int = 0):
+    """``sequences`` random scenes, each ``frames`` near-copies (consecutive frames of a video)."""
+    rng = np.random.default_rng(seed)
+    scenes = rng.normal(size=(sequences, dim))
+    emb = np.repeat(scenes, frames, axis=0) + jitter * rng.normal(size=(sequences * frames, dim))
+    seq = [f"s{k // frames}" for k in range(sequences * frames)]
+    return emb.astype(np.float32), seq
+
+
+def test_nearest_neighbours_match_brute_force():
+    x = np.random.default_rng(1).normal(size=(37, 5)).astype(np.float32)
+    index, dist = nearest_neighbours(x, block=8)
+    full = np.linalg.norm(x[:, None] - x[None], axis=2)
+    np.fill_diagonal(full, np.inf)
+    assert (index == full.argmin(1)).all()
+    assert dist == pytest.approx(full.min(1), abs=1e-4)
+    some = np.array([3, 30, 7])
+    assert (nearest_neighbours(x, some, block=2)[0] == full.argmin(1)[some]).all()
+
+
+def test_video_frames_are_redundant_and_independent_images_are_not():
+    emb, seq = _video_pool(20, 10)
+    video = measure_redundancy(emb, seq)
+    assert video.near_duplicate_share == 1.0 and video.within_sequence_share == 1.0 and video.measured == 200
+    diverse = measure_redundancy(np.random.default_rng(2).normal(size=(200, 32)), [f"s{k}" for k in range(200)])
+    assert diverse.near_duplicate_share == 0.0 and math.isnan(diverse.within_sequence_share)
+    # half the pool in videos, half independent: about half is redundant
+    mixed = np.r_[emb[:100], np.random.default_rng(3).normal(size=(100, 32))]
+    assert measure_redundancy(mixed).near_duplicate_share == pytest.approx(0.5, abs=0.02)
+
+
+def test_measure_is_scale_free_and_samples_large_pools():
+    emb, seq = _video_pool(30, 5)
+    assert measure_redundancy(emb * 1000.0, seq).near_duplicate_share == measure_redundancy(emb, seq).near_duplicate_share
+    sampled = measure_redundancy(np.tile(emb, (4, 1)), seq * 4, max_queries=100, seed=4)
+    assert sampled.measured == 100 and sampled.near_duplicate_share == 1.0  # queries sampled, neighbours from the whole pool
+
+
+def test_choice_follows_table_6():
+    params = SelectionParams()  # redundant at 0.5, low budget under 5 %
+    assert auto_choice(0.8, 1.0, params) == "coreset" and auto_choice(0.8, 40.0, params) == "coreset"
+    assert auto_choice(0.1, 2.0, params) == "random"
+    assert auto_choice(0.1, 20.0, params) == "topk"
+
+
+def _input(emb, seq, labeled_share: float, budget: int = 5):
+    ids = [f"i{k:03d}" for k in range(len(emb))]
+    n_lab = max(1, int(round(labeled_share * len(ids))))
+    labeled = ids[::max(1, len(ids) // n_lab)][:n_lab]
+    pool = sorted(set(ids) - set(labeled))
+    rng = np.random.default_rng(5)
+    scores = pa.table({
+        "image_id": ids, "entropy": pa.array(rng.random(len(ids)), pa.float64()),
+        "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
+    })
+    images = pa.table({"image_id": ids, "sequence_id": seq, "frame_index": pa.array([0] * len(ids), pa.int32())})
+    return SelectionInput(pool, budget, seed=1, scores=scores, images=images, labeled=labeled, params=SelectionParams(device="cpu"))
+
+
+@pytest.mark.parametrize(("pool", "labeled_share", "expected"), [
+    ("video", 0.02, "coreset"), ("diverse", 0.02, "random"), ("diverse", 0.2, "topk"),
+])
+def test_auto_picks_what_the_chosen_strategy_picks_and_says_why(pool, labeled_share, expected):
+    if pool == "video":
+        emb, seq = _video_pool(20, 10)
+    else:
+        emb = np.random.default_rng(6).normal(size=(200, 32)).astype(np.float32)
+        seq = [f"s{k}" for k in range(200)]
+    inp = _input(emb, seq, labeled_share)
+    picked = select("auto", inp)
+    assert picked.info["auto.choice"] == expected
+    assert picked.ids == select(expected, inp).ids
+    assert 0.0 <= picked.info["auto.near_duplicate_share"] <= 1.0
+    assert picked.info["auto.labeled_pct"] == pytest.approx(100.0 * len(inp.labeled) / 200)
