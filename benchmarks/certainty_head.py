@@ -22,7 +22,8 @@ than the score the standard pipeline already has?
 
 Resumable: every finished run is a JSON file under ``--work/runs/``; a re-run skips them. Runs go
 seed by seed (every head of seed 0 first), so a partial run stays balanced. Writes
-``benchmarks/results/certainty_head.{json,csv,png,md}``. Not measured here (issue 16 asks for
+``benchmarks/results/certainty_head.{json,csv,png,md}`` and (with the default ``--out``) the block
+between the ``certainty_head`` markers of ``benchmarks/README.md``, rendered from the JSON. Not measured here (issue 16 asks for
 them too): traffic-cams, and the SSL student with ``dynamic`` using real ``v`` vs ``v = 1``.
 """
 
@@ -40,6 +41,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from common import RESULTS_DIR, fmt_pm, format_table, machine, mean_std, progress, write_results  # noqa: E402
+
+README = Path(__file__).resolve().parent / "README.md"
+BEGIN, END = "<!-- certainty_head:begin (rendered by benchmarks/certainty_head.py --render) -->", "<!-- certainty_head:end -->"
 
 #: head name -> preset options
 HEADS: dict[str, dict] = {
@@ -217,6 +221,18 @@ def render(payload: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def write_readme_block(text: str, readme: Path = README) -> None:
+    """Replace the block between the certainty_head markers of ``readme`` (append a section when absent)."""
+    body = readme.read_text()
+    block = f"{BEGIN}\n{text}{END}"
+    if BEGIN in body and END in body:
+        head, rest = body.split(BEGIN, 1)
+        body = head + block + rest.split(END, 1)[1]
+    else:
+        body = body.rstrip() + "\n\n## Certainty-aware box head (`certainty_head.py`)\n\n" + block + "\n"
+    readme.write_text(body)
+
+
 def build_payload(runs: list[dict], args, started: float) -> dict:
     loads = [x for r in runs for x in r["loadavg_1m"]]
     return {
@@ -241,6 +257,7 @@ def main(argv=None) -> None:
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--corr-min-score", type=float, default=0.3)
     p.add_argument("--render", action="store_true", help="only rebuild the tables and plot from finished runs")
+    p.add_argument("--no-readme", action="store_true", help="do not rewrite the benchmarks/README.md block")
     args = p.parse_args(argv)
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -264,6 +281,8 @@ def main(argv=None) -> None:
     plot(payload["summary"], payload["scatter"], args.out / "certainty_head.png")
     md = render(payload)
     (args.out / "certainty_head.md").write_text(md)
+    if args.out.resolve() == RESULTS_DIR.resolve() and not args.no_readme:
+        write_readme_block(md + "\n![certainty vs standard head](results/certainty_head.png)\n")
     print(md)
 
 
