@@ -8,6 +8,20 @@ gain of simply training longer). Every model is scored with COCO AP / AP50 (pyco
 val + test splits. Prints a table of mean +- std over seeds and writes
 ``benchmarks/results/ssl_student.{json,csv,png}``. Not a test: nothing is asserted.
 
+``--modes offline mean_teacher`` adds the online student (train-student-ssl ``mode: mean_teacher``,
+LabelMatch; settings :data:`MEAN_TEACHER_SETTINGS`) trained for the same iterations; its
+pseudo-label diagnostics (precision / recall at IoU 0.5, pseudo boxes per image, class KL) are
+the means of the stage's per-iteration MLflow metrics over the last quarter of its schedule.
+Every student row also gets the paired difference to the supervised control with a 95 %
+bootstrap interval over seeds (``activedet.al.budget.paired_bootstrap``).
+
+Resumable with ``--work DIR``: every trained model and every finished row is kept there, a
+re-run skips what is done, and a training stage killed mid-way continues from its last
+``_resume`` checkpoint (``--checkpoint-every``).
+
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ssl_student.py --seeds 0 --modes offline mean_teacher \
+        --filters act --work /tmp/w0 --name ssl_student_mt --out /tmp/r0
+
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/ssl_student.py                  # ~15 min, 2 cores
     # or one seed per process, then merge:
     .venv/bin/python benchmarks/ssl_student.py --seeds 1 --out /tmp/r1   # (x3, in parallel)
@@ -20,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import json
 import logging
 import sys
 import tempfile
@@ -29,7 +44,17 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fmt_pm, format_table, machine, mean_std, progress, timer, write_results  # noqa: E402
+from common import (  # noqa: E402
+    fmt_pm,
+    format_table,
+    machine,
+    mean_std,
+    paired_bootstrap,
+    progress,
+    timer,
+    verdict,
+    write_results,
+)
 
 #: filter name -> params used here (paper defaults, except where noted in docs/ssl.md)
 FILTER_SETTINGS: dict[str, dict] = {
@@ -39,6 +64,51 @@ FILTER_SETTINGS: dict[str, dict] = {
     "dynamic": {"tau": 0.7, "gamma1": 0.05, "gamma2": 0.6},
     "act": {"alpha": 20, "rplm": True},
 }
+
+#: train-student-ssl ``mean_teacher`` settings here: ACT every 25 of the ~100-200 iterations on 64
+#: pool images (the paper: every 1000 of 180k on 10000); the rest are the stage defaults
+MEAN_TEACHER_SETTINGS: dict = {"act_every": 25, "act_images": 64}
+MT_DIAGNOSTICS = ("pseudo_precision", "pseudo_recall", "pseudo_per_image", "pseudo_class_kl", "reliable_share")
+
+
+def _step(root: Path, key: str, fn) -> dict:
+    """``fn()`` once: its JSON result is kept as ``root/<key>.json`` and a re-run reads it back."""
+    import json
+
+    path = root / f"{key}.json"
+    if path.exists():
+        return json.loads(path.read_text())
+    result = fn()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result))
+    tmp.replace(path)
+    return result
+
+
+def _run_once(stage, config) -> None:
+    """Run a stage unless its output is already committed (a resumed benchmark)."""
+    from activedet import store
+
+    if not store.is_committed(config.output_uri):
+        stage.run(config)
+
+
+def mlflow_tail_means(tracking_uri: str, names: tuple[str, ...], *, tail: float = 0.25) -> dict[str, float | None]:
+    """Mean of each ``ssl/<name>`` metric over the last ``tail`` of its steps (the one run in the store)."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=tracking_uri)
+    exp = client.get_experiment_by_name("activedet-stages")
+    runs = client.search_runs([exp.experiment_id], order_by=["attributes.start_time DESC"]) if exp else []
+    out: dict[str, float | None] = {n: None for n in names}
+    if not runs:
+        return out
+    for n in names:
+        hist = sorted(client.get_metric_history(runs[0].info.run_id, f"ssl/{n}"), key=lambda m: m.step)
+        if hist:
+            last = hist[-max(1, int(round(tail * len(hist)))):]
+            out[n] = float(np.mean([m.value for m in last]))
+    return out
 
 
 def coco_ap(detector, dataset, image_ids: list[str]) -> dict[str, float]:
@@ -93,51 +163,88 @@ def run_seed(seed: int, args, root: Path, dataset_uri: str) -> list[dict]:
     rng = np.random.default_rng(seed)
     labeled = sorted(np.asarray(train, dtype=object)[rng.choice(len(train), args.labeled, replace=False)].tolist())
     ledger = str(root / f"s{seed}" / "ledger")
-    with store.OutputWriter(ledger) as out:
-        write_ledger(out, new_ledger(train, labeled), cycle=0, parent=None)
-    common = {"dataset_uri": dataset_uri, "ledger_uri": ledger, "device": "cpu", "seed": seed, "checkpoint_every": 0,
-              "batch_size": args.batch_size}
+    if not store.is_committed(ledger):
+        with store.OutputWriter(ledger) as out:
+            write_ledger(out, new_ledger(train, labeled), cycle=0, parent=None)
+    common = {"dataset_uri": dataset_uri, "ledger_uri": ledger, "device": "cpu", "seed": seed,
+              "checkpoint_every": args.checkpoint_every, "batch_size": args.batch_size}
     teacher_uri = str(root / f"s{seed}" / "teacher")
-    with timer() as t:
-        train_teacher.run(load_config(train_teacher.Config, {**common, "output_uri": teacher_uri, "preset": "tiny",
-                                                              "iterations": args.teacher_iters, "lr": args.lr}))
-    teacher_ap = coco_ap(load_detector(teacher_uri), ds, eval_ids)
-    progress(f"seed {seed}: teacher AP {teacher_ap['AP']:.2f} AP50 {teacher_ap['AP50']:.2f} ({t():.0f} s)")
-    rows = [{"seed": seed, "model": "teacher", **teacher_ap, "pseudo_boxes": None, "precision": None, "recall": None}]
+    steps = root / f"s{seed}"
+
+    def teacher_row() -> dict:
+        with timer() as t:
+            _run_once(train_teacher, load_config(train_teacher.Config, {**common, "output_uri": teacher_uri, "preset": "tiny",
+                                                                         "iterations": args.teacher_iters, "lr": args.lr}))
+        teacher_ap = coco_ap(load_detector(teacher_uri), ds, eval_ids)
+        progress(f"seed {seed}: teacher AP {teacher_ap['AP']:.2f} AP50 {teacher_ap['AP50']:.2f} ({t():.0f} s)")
+        return {"seed": seed, "model": "teacher", **teacher_ap, "pseudo_boxes": None, "precision": None, "recall": None}
+
+    rows = [_step(steps, "row-teacher", teacher_row)]
     student_common = {**common, "teacher_checkpoint_uri": teacher_uri, "iterations": args.student_iters,
                       "lr": args.student_lr, "warmup_iters": args.student_warmup}
 
     # control: the same extra iterations on labeled images only (train-teacher warm-started)
     control_uri = str(root / f"s{seed}" / "control")
-    train_teacher.run(load_config(train_teacher.Config, {**common, "output_uri": control_uri, "preset": "tiny",
-                                                          "iterations": args.student_iters, "lr": args.student_lr,
-                                                          "warmup_iters": args.student_warmup, "init_checkpoint_uri": teacher_uri}))
-    ap = coco_ap(load_detector(control_uri), ds, eval_ids)
-    progress(f"seed {seed}: supervised control AP {ap['AP']:.2f} AP50 {ap['AP50']:.2f}")
-    rows.append({"seed": seed, "model": "control (labeled only)", **ap, "pseudo_boxes": None, "precision": None, "recall": None})
 
-    for label in args.filters:
+    def control_row() -> dict:
+        _run_once(train_teacher, load_config(train_teacher.Config, {
+            **common, "output_uri": control_uri, "preset": "tiny", "iterations": args.student_iters, "lr": args.student_lr,
+            "warmup_iters": args.student_warmup, "init_checkpoint_uri": teacher_uri}))
+        ap = coco_ap(load_detector(control_uri), ds, eval_ids)
+        progress(f"seed {seed}: supervised control AP {ap['AP']:.2f} AP50 {ap['AP50']:.2f}")
+        return {"seed": seed, "model": "control (labeled only)", **ap, "pseudo_boxes": None, "precision": None, "recall": None}
+
+    rows.append(_step(steps, "row-control", control_row))
+
+    def offline_row(label: str) -> dict:
         name = label.split("@")[0]
         pl_uri = str(root / f"s{seed}" / f"pl-{label}")
         with timer() as t:
-            pl = generate_pseudo_labels.run(load_config(generate_pseudo_labels.Config, {
+            gen_cfg = load_config(generate_pseudo_labels.Config, {
                 "teacher_checkpoint_uri": teacher_uri, "dataset_uri": dataset_uri, "ledger_uri": ledger, "output_uri": pl_uri,
                 "filter": name, "filter_params": FILTER_SETTINGS[label], "device": "cpu", "seed": seed,
-            }))
+            })
+            _run_once(generate_pseudo_labels, gen_cfg)
+            pl = json.loads(Path(pl_uri, "metrics.json").read_text())
             student_uri = str(root / f"s{seed}" / f"student-{label}")
-            train_student_ssl.run(load_config(train_student_ssl.Config, {
+            _run_once(train_student_ssl, load_config(train_student_ssl.Config, {
                 **student_common, "pseudo_labels_uri": pl_uri, "output_uri": student_uri,
             }))
         ap = coco_ap(load_detector(student_uri), ds, eval_ids)
-        progress(f"seed {seed}: {label}: {pl['pseudo_boxes']} pseudo boxes (P {pl['precision']}, R {pl['recall']}), "
+        counts = pl.get("counts", pl)
+        quality = pl.get("quality") or {}
+        boxes = counts.get("pseudo_boxes", counts.get("kept"))
+        prec, rec = quality.get("precision", pl.get("precision")), quality.get("recall", pl.get("recall"))
+        progress(f"seed {seed}: {label}: {boxes} pseudo boxes (P {prec}, R {rec}), "
                  f"student AP {ap['AP']:.2f} AP50 {ap['AP50']:.2f} ({t():.0f} s)")
-        rows.append({"seed": seed, "model": f"student {label}", **ap, "pseudo_boxes": pl["pseudo_boxes"],
-                     "precision": pl["precision"], "recall": pl["recall"]})
+        return {"seed": seed, "model": f"student {label}", **ap, "pseudo_boxes": boxes, "precision": prec, "recall": rec}
+
+    def mean_teacher_row() -> dict:
+        student_uri = str(root / f"s{seed}" / "student-mean_teacher")
+        tracking = f"sqlite:///{root / f's{seed}' / 'mlflow-mean_teacher.db'}"
+        with timer() as t:
+            _run_once(train_student_ssl, load_config(train_student_ssl.Config, {
+                **student_common, "pseudo_labels_uri": str(root / f"s{seed}" / "unused"), "output_uri": student_uri,
+                "mode": "mean_teacher", "mean_teacher": MEAN_TEACHER_SETTINGS, "mlflow_tracking_uri": tracking,
+            }))
+        ap = coco_ap(load_detector(student_uri), ds, eval_ids)
+        diag = mlflow_tail_means(tracking, MT_DIAGNOSTICS)
+        progress(f"seed {seed}: mean_teacher: {diag}, EMA teacher AP {ap['AP']:.2f} AP50 {ap['AP50']:.2f} ({t():.0f} s)")
+        return {"seed": seed, "model": "student mean_teacher", **ap, "pseudo_boxes": None, "precision": diag["pseudo_precision"],
+                "recall": diag["pseudo_recall"], "pseudo_per_image": diag["pseudo_per_image"],
+                "pseudo_class_kl": diag["pseudo_class_kl"], "reliable_share": diag["reliable_share"]}
+
+    if "offline" in args.modes:
+        for label in args.filters:
+            rows.append(_step(steps, f"row-student-{label}", lambda label=label: offline_row(label)))
+    if "mean_teacher" in args.modes:
+        rows.append(_step(steps, "row-student-mean_teacher", mean_teacher_row))
     return rows
 
 
 def summarise(rows: list[dict]) -> list[dict]:
     teacher = {r["seed"]: r for r in rows if r["model"] == "teacher"}
+    control = {r["seed"]: r for r in rows if r["model"] == "control (labeled only)"}
     out = []
     for model in dict.fromkeys(r["model"] for r in rows):
         rs = [r for r in rows if r["model"] == model]
@@ -147,7 +254,13 @@ def summarise(rows: list[dict]) -> list[dict]:
         out.append({"model": model, "AP": fmt_pm(*ap, 2), "AP50": fmt_pm(*ap50, 2), "AP - teacher": fmt_pm(*gain, 2),
                     "wins": f"{sum(r['AP'] > teacher[r['seed']]['AP'] for r in rs)}/{len(rs)}",
                     "pseudo boxes": fmt_pm(*mean_std([r["pseudo_boxes"] for r in rs if r["pseudo_boxes"] is not None]), 0),
-                    "pseudo precision": fmt_pm(*prec, 2)})
+                    "pseudo precision": fmt_pm(*prec, 2),
+                    "pseudo recall": fmt_pm(*mean_std([r["recall"] for r in rs if r.get("recall") is not None]), 2)})
+        paired = [r["AP"] - control[r["seed"]]["AP"] for r in rs if r["seed"] in control]
+        if model.startswith("student") and paired:
+            mean, low, high = paired_bootstrap(paired)
+            out[-1].update({"AP - control [95% CI]": f"{mean:+.2f} [{low:+.2f}, {high:+.2f}]",
+                            "vs control": verdict(low, high, len(paired))})
     return out
 
 
@@ -165,7 +278,8 @@ def plot(rows: list[dict], path: Path) -> None:
     save_png(fig, path, dpi=120)
 
 
-COLUMNS = ["model", "AP", "AP50", "AP - teacher", "wins", "pseudo boxes", "pseudo precision"]
+COLUMNS = ["model", "AP", "AP50", "AP - teacher", "wins", "AP - control [95% CI]", "vs control", "pseudo boxes",
+           "pseudo precision", "pseudo recall"]
 
 
 def combine(paths: list[Path], out: Path | None) -> None:
@@ -179,7 +293,7 @@ def combine(paths: list[Path], out: Path | None) -> None:
     settings = {**runs[0]["settings"], "seeds": sorted({r["seed"] for r in rows}), "combine": [str(p) for p in paths]}
     payload = {"settings": settings, "filter_params": runs[0]["filter_params"], "rows": rows, "summary": summary,
                "seconds": [run["seconds"] for run in runs], "machine": runs[0]["machine"]}
-    jpath, _ = write_results("ssl_student", payload, rows, out)
+    jpath, _ = write_results(settings.get("name", "ssl_student"), payload, rows, out)
     plot(rows, jpath.with_suffix(".png"))
     progress(f"combined {len(paths)} runs -> {jpath}")
 
@@ -196,6 +310,11 @@ def main() -> None:
     ap.add_argument("--student-lr", type=float, default=0.01)
     ap.add_argument("--student-warmup", type=int, default=10)
     ap.add_argument("--filters", nargs="+", default=list(FILTER_SETTINGS), choices=list(FILTER_SETTINGS))
+    ap.add_argument("--modes", nargs="+", default=["offline"], choices=["offline", "mean_teacher"],
+                    help="student trainers: offline (one per --filters entry) and/or mean_teacher")
+    ap.add_argument("--work", type=Path, default=None, help="keep models and finished rows here; a re-run resumes (default: a temp dir)")
+    ap.add_argument("--checkpoint-every", type=int, default=25, help="resume checkpoints of every training stage")
+    ap.add_argument("--name", default="ssl_student", help="results file name (<name>.json/.csv/.png)")
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--combine", type=Path, nargs="+", default=None,
                     help="merge the ssl_student.json of runs made with one seed each (run in parallel) and report")
@@ -208,13 +327,17 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
+    from activedet import store
     from activedet.data.synth import generate_synthdrive
 
     rows: list[dict] = []
-    with tempfile.TemporaryDirectory(prefix="ssl-bench-") as tmp, timer() as total:
+    work = contextlib.nullcontext(str(args.work)) if args.work else tempfile.TemporaryDirectory(prefix="ssl-bench-")
+    with work as tmp, timer() as total:
         root = Path(tmp)
+        root.mkdir(parents=True, exist_ok=True)
         dataset_uri = str(root / "synthdrive")
-        generate_synthdrive(dataset_uri, sequences=args.sequences, frames=5, seed=0)
+        if not store.is_committed(dataset_uri):
+            generate_synthdrive(dataset_uri, sequences=args.sequences, frames=5, seed=0)
         for seed in args.seeds:
             rows += run_seed(seed, args, root, dataset_uri)
         elapsed = total()
@@ -223,7 +346,7 @@ def main() -> None:
     settings = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
     payload = {"settings": settings, "filter_params": FILTER_SETTINGS, "rows": rows, "summary": summary,
                "seconds": elapsed, "machine": machine()}
-    jpath, _ = write_results("ssl_student", payload, rows, args.out)
+    jpath, _ = write_results(args.name, payload, rows, args.out)
     plot(rows, jpath.with_suffix(".png"))
     progress(f"done in {elapsed:.0f} s -> {jpath}")
 
