@@ -236,6 +236,23 @@ def ssl_section(ssl: dict | None) -> str:
         _table(["model", "AP", "AP50", "AP - teacher", "seeds better than teacher", "pseudo boxes", "pseudo precision"], rows), ""])
 
 
+def ssl_modes_section(ssl: dict | None) -> str:
+    """Offline (act) vs online (mean_teacher) student against the supervised control (``ssl_student_mt.json``)."""
+    if ssl is None:
+        return ""
+    s = ssl["settings"]
+    rows = [[r["model"], r["AP"], r["AP50"], r.get("AP - control [95% CI]", ""), r.get("vs control", ""), r["pseudo precision"],
+             r.get("pseudo recall", "")] for r in ssl["summary"]]
+    return "\n".join([
+        "### SSL student: offline vs mean teacher", "",
+        f"`benchmarks/ssl_student.py --modes {' '.join(s['modes'])} --filters {' '.join(s['filters'])}`: {s['labeled']} labeled "
+        f"SynthDrive images ({s['sequences']} sequences x 5 frames), seeds {s['seeds']}, teacher {s['teacher_iters']} iterations, "
+        f"every student and the control {s['student_iters']}; COCO AP x100 on val + test; AP - control = mean paired "
+        "difference to the teacher trained as long on labeled images only, 95 % bootstrap interval over seeds. "
+        "Mean-teacher pseudo-label precision / recall (IoU 0.5): per-iteration MLflow metrics, last quarter of the run.", "",
+        _table(["model", "AP", "AP50", "AP - control [95% CI]", "vs control", "pseudo precision", "pseudo recall"], rows), ""])
+
+
 def teacher_section(t: dict | None) -> str:
     """Teacher initialisation (benchmarks/teacher.py renders its own summary from the same JSON)."""
     if t is None:
@@ -269,7 +286,7 @@ def readme_block() -> str:
     parts = [BEGIN, "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py` (full tables: "
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
-             teacher_section(_load("teacher")), verify_section(vc),
+             ssl_modes_section(_load("ssl_student_mt")), teacher_section(_load("teacher")), verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO), END]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
@@ -281,7 +298,7 @@ def results_page() -> str:
              "(CI runs `--check`). What each benchmark measures: [benchmarks/README.md](../benchmarks/README.md). "
              + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
-             teacher_section(_load("teacher")), verify_section(vc),
+             ssl_modes_section(_load("ssl_student_mt")), teacher_section(_load("teacher")), verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO)]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
