@@ -156,7 +156,7 @@ def test_compile_cli_writes_yaml(cluster_experiment, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("stage", ["init", "train-teacher", "generate-pseudo-labels", "train-student-ssl", "evaluate",
-                                   "score-unlabeled", "merge-scores", "select-batch", "oracle"])
+                                   "score-unlabeled", "merge-scores", "select-batch", "oracle", "merge-pseudo-labels"])
 def test_plan_builds_a_valid_config_for_each_stage(stage, cluster_experiment, demo_experiment):
     """Each stage's from_experiment builds its Config from both shipped configs."""
     from activedet.pipeline import plan

@@ -22,7 +22,7 @@ from activedet import images
 from activedet.ops.continuous import pipeline_params
 from activedet.ops.state import StateStore
 from activedet.pipeline.components import make_components
-from activedet.pipeline.dag import _configure, score_and_merge
+from activedet.pipeline.dag import _configure, pseudo_labels, score_and_merge
 from activedet.pipeline.experiment import ExperimentConfig
 from activedet.pipeline.plan import load_experiment
 
@@ -94,7 +94,7 @@ def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
         common = {"experiment": imp.output, "run_root": b.output, "cycle": 0, "cycle_run_id": ""}
         last = teacher = conf(c.train_teacher(**common))
         if exp.ssl.enabled:
-            pseudo = conf(c.generate_pseudo_labels(**common).after(teacher))
+            pseudo = pseudo_labels(c, exp, conf, name="pseudo-label-shards", platform=platform, after=teacher, **common)
             last = conf(c.train_student_ssl(**common).after(pseudo))
         ev = conf(c.evaluate(**common).after(last))
         promo = conf(o.promote(experiment=imp.output, run_root=b.output, state_root=state_root).after(ev))

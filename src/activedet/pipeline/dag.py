@@ -6,6 +6,8 @@ KFP v2 has no recursion, so the cycles are unrolled at compile time::
 
     cycle k:  start-cycle -> train-teacher -> generate-pseudo-labels -> train-student-ssl
               -> evaluate -> finish-cycle (typed outputs: proceed, budget, summary) -> cycle-gate
+              (with pseudo_labels.shards > 1: generate-pseudo-labels shards (dsl.ParallelFor)
+              -> merge-pseudo-labels, which filters every candidate together)
     then, inside ``dsl.If(cycle-gate == True)``:
               score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (.after the loop)
               -> select-batch -> oracle (simulated labeling) -> cycle k + 1
@@ -73,27 +75,43 @@ def _configure(task: dsl.PipelineTask, exp: ExperimentConfig, platform: bool) ->
     return task
 
 
+def shard_and_merge(shard_component, merge_component, count: int, conf, *, name: str, platform: bool, parallelism: int = 0,
+                    after: dsl.PipelineTask | None = None, **common) -> dsl.PipelineTask:
+    """``count`` tasks of ``shard_component(shard=i)``, then ``merge_component`` after all of them; returns the merge task.
+
+    On a cluster the shards are a ``dsl.ParallelFor`` (``parallelism`` caps how many run at once,
+    0 = all) that the merge waits for with ``.after()``. For kfp.local they are unrolled into one
+    task per shard: kfp.local hands upstream task outputs (the cycle's MLflow run id, the
+    continuous cycle's run root) to tasks inside a ParallelFor as 0.0.
+    """
+    shards = list(range(count))
+    if platform:
+        with dsl.ParallelFor(shards, name=name, parallelism=parallelism or None) as shard:
+            task = conf(shard_component(shard=shard, **common))
+            if after is not None:
+                task.after(after)
+        return conf(merge_component(**common).after(task))
+    tasks = [conf(shard_component(shard=s, **common)) for s in shards]
+    if after is not None:
+        for task in tasks:
+            task.after(after)
+    return conf(merge_component(**common).after(*tasks))
+
+
 def score_and_merge(c, exp: ExperimentConfig, conf, *, name: str, platform: bool, after: dsl.PipelineTask | None = None,
                     **common) -> dsl.PipelineTask:
-    """score-unlabeled over the ``acquisition.shards`` shards, then merge-scores; returns the merge task.
+    """score-unlabeled over the ``acquisition.shards`` shards, then merge-scores; returns the merge task."""
+    return shard_and_merge(c.score_unlabeled, c.merge_scores, exp.acquisition.shards, conf, name=name, platform=platform,
+                           parallelism=exp.kubernetes.parallelism, after=after, **common)
 
-    On a cluster the shards are a ``dsl.ParallelFor`` (``kubernetes.parallelism`` caps how many run at
-    once) that merge-scores waits for with ``.after()``. For kfp.local they are unrolled into one task per shard:
-    kfp.local hands upstream task outputs (the continuous cycle's run root) to tasks inside a
-    ParallelFor as 0.0.
-    """
-    shards = list(range(exp.acquisition.shards))
-    if platform:
-        with dsl.ParallelFor(shards, name=name, parallelism=exp.kubernetes.parallelism or None) as shard:
-            score = conf(c.score_unlabeled(shard=shard, **common))
-            if after is not None:
-                score.after(after)
-        return conf(c.merge_scores(**common).after(score))
-    scores = [conf(c.score_unlabeled(shard=s, **common)) for s in shards]
-    if after is not None:
-        for score in scores:
-            score.after(after)
-    return conf(c.merge_scores(**common).after(*scores))
+
+def pseudo_labels(c, exp: ExperimentConfig, conf, *, name: str, platform: bool, after: dsl.PipelineTask, **common) -> dsl.PipelineTask:
+    """generate-pseudo-labels after ``after``; with ``pseudo_labels.shards`` > 1 its shards, then
+    merge-pseudo-labels (the filter needs every candidate). Returns the task whose output is the result."""
+    if exp.pseudo_labels.shards == 1:
+        return conf(c.generate_pseudo_labels(**common).after(after))
+    return shard_and_merge(c.generate_pseudo_labels, c.merge_pseudo_labels, exp.pseudo_labels.shards, conf, name=name,
+                           platform=platform, parallelism=exp.kubernetes.parallelism, after=after, **common)
 
 
 def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
@@ -122,7 +140,8 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                 teacher = conf(c.train_teacher(cycle_run_id=run_id, **common))
                 last, pseudo_result = teacher, "{}"
                 if ssl:
-                    pseudo = conf(c.generate_pseudo_labels(cycle_run_id=run_id, **common).after(teacher))
+                    pseudo = pseudo_labels(c, exp, conf, name=f"pseudo-label-shards-cycle-{k}", platform=platform, after=teacher,
+                                           cycle_run_id=run_id, **common)
                     student = conf(c.train_student_ssl(cycle_run_id=run_id, **common).after(pseudo))
                     last, pseudo_result = student, pseudo.output
                 ev = conf(c.evaluate(cycle_run_id=run_id, **common).after(last))

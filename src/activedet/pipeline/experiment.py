@@ -81,6 +81,10 @@ class PseudoLabelSpec(FrozenModel):
         None, ge=0.0, le=1.0, description="teacher detections below this score are not candidates (unset: the stage default)"
     )
     max_pool_images: int | None = Field(None, ge=1, description="pseudo-label at most this many pool images")
+    shards: int = Field(
+        1, ge=1, le=64, description="generate-pseudo-labels shards run in parallel (dsl.ParallelFor), then merge-pseudo-labels "
+        "filters all candidates together (1: one task, no merge)"
+    )
 
 
 class SSLSpec(FrozenModel):

@@ -8,7 +8,8 @@ components exchange only the run root (a string) and small JSON results, never b
     <run_root>/ledgers/cycle-KK/          ledger cycle KK trains on (init writes cycle-00,
                                           the oracle of cycle KK writes cycle-KK+1)
     <run_root>/cycle-KK/teacher/          train-teacher output
-    <run_root>/cycle-KK/pseudo_labels/    generate-pseudo-labels output
+    <run_root>/cycle-KK/pseudo_labels/    generate-pseudo-labels output (or merge-pseudo-labels when sharded)
+    <run_root>/cycle-KK/pseudo_candidates/shard-SS/  candidates of one generate-pseudo-labels shard
     <run_root>/cycle-KK/student/          train-student-SSL output
     <run_root>/cycle-KK/eval/             evaluate output (metrics.json)
     <run_root>/cycle-KK/scores/shard-SS/  score-unlabeled output of one shard
@@ -53,6 +54,10 @@ class RunLayout:
 
     def pseudo_labels(self, cycle: int) -> str:
         return store.join(self.cycle_dir(cycle), "pseudo_labels")
+
+    def pseudo_candidates(self, cycle: int, shard: int) -> str:
+        """One generate-pseudo-labels shard's candidates (``pseudo_labels.shards`` > 1)."""
+        return store.join(self.cycle_dir(cycle), "pseudo_candidates", f"shard-{shard:02d}")
 
     def student(self, cycle: int) -> str:
         return store.join(self.cycle_dir(cycle), "student")

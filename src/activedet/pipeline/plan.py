@@ -43,7 +43,12 @@ def cycle_stages(exp: ExperimentConfig, cycle: int) -> list[tuple[str, dict[str,
     """The stages of cycle ``cycle`` in order, each with its upstream values (shard, budget)."""
     steps: list[tuple[str, dict[str, Any]]] = [("train-teacher", {})]
     if exp.ssl.enabled:
-        steps += [("generate-pseudo-labels", {}), ("train-student-ssl", {})]
+        if exp.pseudo_labels.shards > 1:
+            steps += [("generate-pseudo-labels", {"shard": s}) for s in range(exp.pseudo_labels.shards)]
+            steps.append(("merge-pseudo-labels", {}))
+        else:
+            steps.append(("generate-pseudo-labels", {}))
+        steps.append(("train-student-ssl", {}))
     steps.append(("evaluate", {}))
     if selects_after(exp, cycle):
         steps += [("score-unlabeled", {"shard": s}) for s in range(exp.acquisition.shards)]

@@ -174,7 +174,8 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     config = plan.stage_config(
         stage, exp, run_root, cycle, tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None, **upstream
     )
-    where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{exp.acquisition.shards}" if shard is not None else "")
+    shards = exp.pseudo_labels.shards if stage == "generate-pseudo-labels" else exp.acquisition.shards
+    where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{shards}" if shard is not None else "")
     log.info("▶ %s: started", where)
     t0 = time.monotonic()
     try:

@@ -20,6 +20,7 @@ STAGES: dict[str, str] = {
     "init": "init",
     "train-teacher": "train_teacher",
     "generate-pseudo-labels": "generate_pseudo_labels",
+    "merge-pseudo-labels": "merge_pseudo_labels",
     "train-student-ssl": "train_student_ssl",
     "evaluate": "evaluate",
     "score-unlabeled": "score_unlabeled",

@@ -11,13 +11,19 @@ Writes, atomically under ``output_uri``:
 * ``thresholds.json`` -- the filter, its parameters and per-class thresholds / loss weights;
 * ``metrics.json`` -- counts and, where the pool has ground truth, the pseudo-label quality
   report (precision / recall at IoU 0.5, KL divergence of class distributions).
+
+Sharded (``shard: i/n`` with ``n > 1``, from ``pseudo_labels.shards``): the stage predicts on the
+``i``-th contiguous slice of the sorted pool only (cut at multiples of ``batch_size``, like
+score-unlabeled) and writes that slice's candidates (``candidates.parquet`` + ``candidates.json``)
+under ``output_uri``; the merge-pseudo-labels stage then filters all candidates together, since
+ACT's ranks and the dynamic filter's class sums are statistics of the whole pool.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from activedet.config import StageConfig, config_from
 from activedet.errors import ConfigError
@@ -53,17 +59,32 @@ class Config(StageConfig):
     )
     quality_report: bool = Field(True, description="compare pseudo-labels with the pool's ground truth when it has any")
     seed: int = Field(0, description="seed for pool subsampling and filter estimation subsets")
+    shard: str = Field("0/1", description="'i/n': predict on the i-th of n slices of the pool and write its candidates "
+                       "(n > 1: merge-pseudo-labels filters them); 0/1: the whole pool, filtered")
+
+    @field_validator("shard")
+    @classmethod
+    def _shard_format(cls, value: str) -> str:
+        from activedet.stages.score_unlabeled import parse_shard
+
+        parse_shard(value)
+        return value
 
 
-def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
-    """Cycle ``cycle``'s pseudo-labels: the teacher on the pool, the experiment's filter."""
+def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, shard: int = 0) -> Config:
+    """Cycle ``cycle``'s pseudo-labels: the teacher on the pool, the experiment's filter.
+
+    With ``pseudo_labels.shards`` > 1: shard ``shard``'s candidates (merge-pseudo-labels filters them).
+    """
     check_filter(exp.pseudo_labels.filter, exp.pseudo_labels.params)
+    shards = exp.pseudo_labels.shards
+    output = layout.pseudo_labels(cycle) if shards == 1 else layout.pseudo_candidates(cycle, shard)
     return config_from(
         Config, exp, where=f"{NAME} (cycle {cycle})",
         fields={"filter": "pseudo_labels.filter", "filter_params": "pseudo_labels.params", "min_score": "pseudo_labels.min_score",
                 "max_pool_images": "pseudo_labels.max_pool_images", "device": "device"},
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
-        output_uri=layout.pseudo_labels(cycle), seed=exp.seed + cycle,
+        output_uri=output, seed=exp.seed + cycle, shard=f"{shard}/{shards}",
     )
 
 

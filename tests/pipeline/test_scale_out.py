@@ -1,0 +1,88 @@
+"""Scale-out in the DAG (issue 18): multi-GPU training pods and sharded pseudo-labeling.
+
+Compiled: ``kubernetes.accelerator_limit: 2`` gives the training pods 2 GPUs and their stages 2
+ranks; ``pseudo_labels.shards: 2`` gives a ParallelFor of generate-pseudo-labels shards and a
+merge-pseudo-labels task after it. Run for real through kfp.local: 2 gloo ranks per training
+task and 2 unrolled pseudo-label shards + merge.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from activedet.pipeline import plan
+from activedet.pipeline.experiment import experiment_from_json
+from activedet.pipeline.plan import load_experiment
+
+
+def _with(exp, **sections):
+    data = exp.model_dump(mode="json")
+    for key, value in sections.items():
+        data[key] = {**data[key], **value}
+    return load_experiment(data)
+
+
+def _tasks(spec):
+    dags = {"root": spec["root"]["dag"], **{n: c["dag"] for n, c in spec["components"].items() if "dag" in c}}
+    return {dag_name: dag["tasks"] for dag_name, dag in dags.items()}
+
+
+def test_accelerator_limit_2_is_one_pod_with_2_gpus_running_2_ranks(cluster_experiment, tmp_path, compile_docs):
+    exp = _with(cluster_experiment, kubernetes={"accelerator_limit": 2})
+    spec, _, _ = compile_docs(exp, tmp_path)
+    executors = spec["deploymentSpec"]["executors"]
+    for stage in ("train-teacher", "train-student-ssl"):
+        resources = executors[f"exec-{stage}"]["container"]["resources"]
+        assert resources["accelerator"]["resourceCount"] == "2"  # one pod, 2 GPUs
+    # the pod's stage config, built from the compiled experiment parameter, runs 2 ranks
+    compiled = experiment_from_json(spec["root"]["inputDefinitions"]["parameters"]["experiment"]["defaultValue"])
+    for stage in ("train-teacher", "train-student-ssl"):
+        assert plan.stage_config(stage, compiled, "s3://b/run", 0).devices == 2
+    # training.devices wins over the accelerator count; 1 GPU -> 1 process
+    assert plan.stage_config("train-teacher", _with(exp, training={"devices": 1}), "s3://b/run", 0).devices == 1
+    assert plan.stage_config("train-teacher", cluster_experiment, "s3://b/run", 0).devices == max(1, cluster_experiment.kubernetes.accelerator_limit)
+
+
+def test_pseudo_label_shards_compile_to_a_parallel_for_and_a_merge(cluster_experiment, tmp_path, compile_docs):
+    exp = _with(cluster_experiment, pseudo_labels={"shards": 3})
+    spec, _, _ = compile_docs(exp, tmp_path)
+    tasks = _tasks(spec)
+    loops = [name for name, t in tasks.items() if any(n.startswith("generate-pseudo-labels") for n in t)]
+    assert loops and all(name.startswith("comp-for-loop") for name in loops)  # inside a ParallelFor, not unrolled
+    cycle0 = next(t for t in tasks.values() if "merge-pseudo-labels" in t)
+    merge = cycle0["merge-pseudo-labels"]
+    assert any(dep.startswith("for-loop") for dep in merge["dependentTasks"])  # waits for the whole loop
+    student = next(t for t in tasks.values() if "train-student-ssl" in t)["train-student-ssl"]
+    assert "merge-pseudo-labels" in student["dependentTasks"]
+    names = {k.removeprefix("exec-") for k in spec["deploymentSpec"]["executors"]}
+    assert "merge-pseudo-labels" in names
+    stages = [s for s, _ in plan.cycle_stages(exp, 0)]
+    assert stages[:5] == ["train-teacher", "generate-pseudo-labels", "generate-pseudo-labels", "generate-pseudo-labels", "merge-pseudo-labels"]
+
+
+@pytest.mark.slow
+def test_local_run_with_2_ranks_and_2_pseudo_label_shards(demo_experiment, tmp_path):
+    from activedet.pipeline.local import run_local
+
+    data = demo_experiment.model_dump(mode="json")
+    data.update({
+        "dataset": {"synth": {"sequences": 8, "frames": 2, "seed": 0, "height": 64, "width": 128}},
+        "initial_size": 4, "budget": 2, "cycles": 1, "store_root": None,
+        "training": {**data["training"], "teacher_iterations": 2, "student_iterations": 2, "batch_size": 2, "devices": 2},
+        "pseudo_labels": {"filter": "act", "params": {"alpha": 50}, "max_pool_images": 6, "shards": 2},
+        "mlflow": {**data["mlflow"], "tracking_uri": None},
+    })
+    exp = load_experiment(data)
+    outcome = run_local(exp, tmp_path / "run")
+    assert outcome.state == "SUCCEEDED"
+    lay = outcome.layout
+    store_dir = tmp_path / "run" / "store" / "cycle-00"
+    assert all((store_dir / "pseudo_candidates" / f"shard-{i:02d}" / "_MANIFEST.json").exists() for i in range(2))
+    metrics = json.loads((store_dir / "pseudo_labels" / "metrics.json").read_text())
+    assert metrics["shards"] == 2 and metrics["pool_images"] == 6
+    assert outcome.rows[0]["pseudo_labels"] == metrics["pseudo_boxes"]  # finish-cycle read the merge's result
+    for out in (lay.teacher(0), lay.student(0)):
+        meta = json.loads((tmp_path / "run" / "store" / out.split("/store/")[-1] / "meta.json").read_text())
+        assert meta["training"]["distributed"]["world_size"] == 2
