@@ -1,47 +1,41 @@
-"""Label efficiency of the active-learning loop on SynthDrive: budget curves, AUC@B, metric@B.
+"""Label efficiency: does active learning save labels? The product's own stages, paired seeds, intervals.
 
-Runs the loop in-process by calling the stages' ``run(Config)`` (init, train-teacher,
-generate-pseudo-labels, train-student-SSL, score-unlabeled, select-batch, oracle, evaluate) --
-no KFP -- for these strategies:
+Each compared strategy is an experiment: the pool's base experiment (the sizes and training
+settings below) with that strategy's ``acquisition`` and ``ssl`` sections. Every cycle runs the
+stages :func:`activedet.pipeline.plan.cycle_stages` lists, each with the ``Config`` its
+``from_experiment`` builds -- the configs ``activedet run`` runs, product defaults included
+(every cycle's teacher from scratch, X+SSL scored by its student, evaluation on the dataset's val
+split) -- in-process instead of through kfp.local. The only thing changed is *where* outputs go:
+each stage output is content-addressed (a hash of the stage's config with its inputs resolved),
+so work that is the same computation runs once -- the cycle-0 init, teacher, pseudo-labels and
+student of a seed are shared by every strategy -- and a re-run resumes where it stopped.
 
-=================  ==========================================  ==================================
-strategy           acquisition (select-batch)                  model evaluated each cycle
-=================  ==========================================  ==================================
-random             random                                      supervised teacher
-random+ssl         random                                      SSL student (from that teacher)
-entropy            topk of entropy (max over boxes)            teacher
-inconsistency      topk of flip inconsistency                  teacher
-unified            unified (Elezi): top 2B by entropy,         teacher
-                   ranked by inconsistency
-coreset            k-center greedy on embeddings               teacher
-coreset+ssl        k-center greedy                             SSL student
-unified+ssl        unified                                     SSL student
-=================  ==========================================  ==================================
+Strategies (``--strategies``): random, random+ssl, entropy, inconsistency, unified, coreset,
+coreset+ssl, unified+ssl, auto. Pools (``--pools``):
 
-on two pool variants with the same number of pool images: *redundant* (``--frames`` consecutive
-near-duplicate frames per sequence) and *diverse* (one frame per sequence). Every model is
-evaluated on one shared held-out set of independent SynthDrive scenes (another seed), so the two
-variants' numbers compare. Each seed draws one cycle-0 set (init stage) shared by all strategies.
+* ``traffic-cams``: the real frames of ../shared/datasets/traffic-cams, imported and split by
+  scene (``activedet data split``: near-duplicate clusters never straddle pool and held-out);
+* ``synth-redundant``: a SynthDrive pool of ``--pool`` frames in sequences of ``--frames``
+  near-duplicates (long-tailed classes);
+* ``synth-diverse``: ``--pool`` independent SynthDrive frames (one per sequence).
 
-Work shared where it is the same computation (content-addressed, so sharing is automatic and a
-re-run resumes): a model is keyed by its labeled set, its initialisation and its cycle, so the
-cycle-0 teacher of a seed is trained once for all strategies, and -- because by default the
-acquisition of X+SSL scores the pool with the *teacher* (``--ssl-scoring teacher``) -- X+SSL
-selects exactly the batches X selects and reuses X's teachers, adding only pseudo-labels and a
-student per cycle. ``--ssl-scoring student`` makes X+SSL score with its student instead (as the
-pipeline does; costs a separate chain of teachers per SSL strategy).
+Both SynthDrive pools are evaluated on the same ``--eval-images`` independent held-out frames.
+For each pool, strategy and seed the budget curve gives AUC@B and metric@B at the final budget
+and the labels needed to reach random's final metric (METHODS.md section 7); each strategy is
+compared with random by the mean paired difference over seeds and its 95 % bootstrap interval,
+and a claim holds only when the interval excludes zero with at least 5 seeds
+(:func:`activedet.al.budget.verdict`).
 
-Cycle 0 also trains a *supervised control*: the cycle-0 teacher trained ``--student-iters`` more
-iterations on the labeled set only, so "student vs supervised" is also compared at equal
-training iterations.
+    .venv/bin/python benchmarks/label_efficiency.py --smoke          # seconds: CI runs it
+    .venv/bin/python benchmarks/label_efficiency.py                  # defaults: see --help (hours on CPU)
+    .venv/bin/python benchmarks/label_efficiency.py --pools synth-redundant --strategies random coreset auto --seeds 0 1 2 3 4
+    .venv/bin/python benchmarks/label_efficiency.py --render benchmarks/results/label_efficiency.json
 
-    .venv/bin/python benchmarks/label_efficiency.py                  # defaults: see --help
-    .venv/bin/python benchmarks/label_efficiency.py --smoke          # 1-2 minute check
-    .venv/bin/python benchmarks/label_efficiency.py --device cuda --pool 2000 --initial 100 --budget 100 --cycles 5
-
-Outputs under ``--out`` (default benchmarks/results/): ``label_efficiency[_smoke].json`` / ``.csv``
-(per strategy, variant and cycle: labels, % of pool, AP50 and AP mean+-std over seeds, per-seed
-values), ``..._summary.csv`` (AUC@B and metric@B per strategy) and ``..._budget_curve.png``.
+Outputs under ``--out`` (default benchmarks/results/): ``<name>.json`` (settings, machine,
+records, curves, comparisons), ``<name>.csv`` (one row per pool x strategy x cycle),
+``<name>_comparisons.csv``, ``<name>_budget_curve.png`` (mean and 95 % interval per cycle) and
+``<name>.md``. Records of earlier invocations on the same ``--work`` folder are kept
+(``records.jsonl``), so seeds and pools can be added across sessions.
 """
 
 from __future__ import annotations
@@ -57,46 +51,39 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (  # noqa: E402
     RESULTS_DIR,
     auc_at,
-    fmt_pm,
     format_table,
     labels_to_reach,
     machine,
-    mean_std,
     metric_at,
+    paired_bootstrap,
     progress,
+    verdict,
     write_results,
 )
 
-VARIANTS = ("redundant", "diverse")
+POOLS = ("traffic-cams", "synth-redundant", "synth-diverse")
+TRAFFIC_CAMS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "traffic-cams" / "data.yaml"
 
-
-@dataclass(frozen=True)
-class Strategy:
-    """How one compared strategy selects and which model it reports."""
-
-    select: str
-    scores: tuple[str, ...] = ()
-    score: str = "entropy"
-    ssl: bool = False
-
-
-STRATEGIES: dict[str, Strategy] = {
-    "random": Strategy("random"),
-    "random+ssl": Strategy("random", ssl=True),
-    "entropy": Strategy("topk", ("entropy",), "entropy"),
-    "inconsistency": Strategy("topk", ("inconsistency",), "inconsistency"),
-    "unified": Strategy("unified", ("unified",)),
-    "coreset": Strategy("coreset", ("embedding",)),
-    "coreset+ssl": Strategy("coreset", ("embedding",), ssl=True),
-    "unified+ssl": Strategy("unified", ("unified",), ssl=True),
+#: strategy name -> the experiment sections it sets (everything else is the pool's base experiment)
+STRATEGIES: dict[str, dict] = {
+    "random": {"acquisition": {"strategy": "random"}, "ssl": {"enabled": False}},
+    "random+ssl": {"acquisition": {"strategy": "random"}, "ssl": {"enabled": True}},
+    "entropy": {"acquisition": {"score": "entropy", "strategy": "topk"}, "ssl": {"enabled": False}},
+    "inconsistency": {"acquisition": {"score": "inconsistency", "strategy": "topk"}, "ssl": {"enabled": False}},
+    "unified": {"acquisition": {"score": "entropy", "strategy": "unified"}, "ssl": {"enabled": False}},
+    "coreset": {"acquisition": {"score": "embedding", "strategy": "coreset"}, "ssl": {"enabled": False}},
+    "coreset+ssl": {"acquisition": {"score": "embedding", "strategy": "coreset"}, "ssl": {"enabled": True}},
+    "unified+ssl": {"acquisition": {"score": "entropy", "strategy": "unified"}, "ssl": {"enabled": True}},
+    "auto": {"acquisition": {"score": "entropy", "strategy": "auto"}, "ssl": {"enabled": False}},
 }
-CONTROL = "supervised control"
+BASELINE = "random"
+#: run root of the layout the stage configs are built for; never written: outputs are content-addressed
+VIRTUAL_ROOT = "s3://activedet-virtual/run"
+METRICS = ("AP50", "AP")
 
 
 # --------------------------------------------------------------------------- settings
@@ -104,44 +91,38 @@ CONTROL = "supervised control"
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
-    p.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS))
+    p.add_argument("--pools", nargs="+", choices=POOLS, default=list(POOLS))
     p.add_argument("--strategies", nargs="+", choices=list(STRATEGIES), default=list(STRATEGIES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="one cycle-0 set and training seed each")
-    p.add_argument("--pool", type=int, default=120, help="pool images per variant (all in the train split)")
-    p.add_argument("--frames", type=int, default=10, help="redundant variant: consecutive frames per sequence")
-    p.add_argument("--eval-images", type=int, default=80, help="held-out evaluation images (independent scenes)")
-    p.add_argument("--initial", type=int, default=12, help="I: images labeled at cycle 0 (random, per seed)")
-    p.add_argument("--budget", type=int, default=12, help="B: images added per cycle")
-    p.add_argument("--cycles", type=int, default=3, help="acquisition cycles after cycle 0")
-    p.add_argument("--preset", default="tiny")
-    p.add_argument("--teacher-iters", type=int, default=300, help="teacher iterations when trained from scratch (cycle 0)")
-    p.add_argument("--finetune-iters", type=int, default=50,
-                   help="teacher iterations in cycles >= 1 (warm start from the strategy's previous teacher)")
-    p.add_argument("--no-warm-start", action="store_true",
-                   help="train every cycle's teacher from scratch with --teacher-iters (Elezi; much slower)")
-    p.add_argument("--student-iters", type=int, default=50, help="SSL student iterations (from its teacher)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4], help="paired seeds: one initial set each")
+    p.add_argument("--pool", type=int, default=1000, help="SynthDrive pool images")
+    p.add_argument("--frames", type=int, default=20, help="synth-redundant: consecutive frames per sequence")
+    p.add_argument("--eval-images", type=int, default=150, help="SynthDrive held-out frames (independent scenes)")
+    p.add_argument("--initial-pct", type=float, default=2.0, help="I as %% of the pool")
+    p.add_argument("--budget-pct", type=float, default=2.0, help="B per cycle as %% of the pool")
+    p.add_argument("--cycles", type=int, default=4, help="training cycles (cycle 0 plus cycles - 1 selections)")
+    p.add_argument("--height", type=int, default=128, help="SynthDrive frame height")
+    p.add_argument("--width", type=int, default=256, help="SynthDrive frame width")
+    p.add_argument("--preset", default="lite0_fpn", help="detector preset (default: the pretrained CPU preset)")
+    p.add_argument("--backbone-weights", default="imagenet", help="training.backbone_weights ('none' = from scratch)")
+    p.add_argument("--teacher-iters", type=int, default=150)
+    p.add_argument("--student-iters", type=int, default=100)
     p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=0.02)
-    p.add_argument("--pl-filter", default="fixed", help="pseudo-label filter")
-    p.add_argument("--pl-params", default='{"tau": 0.9}', help="pseudo-label filter parameters (JSON)")
-    p.add_argument("--ssl-scoring", choices=("teacher", "student"), default="teacher",
-                   help="model that scores the pool for X+SSL strategies (teacher: shares X's work)")
-    p.add_argument("--workers", type=int, default=2, help="parallel (variant, seed) jobs, one torch thread each")
-    p.add_argument("--at", type=float, nargs="*", default=None, help="B values (%% of pool) for AUC@B / metric@B (default: each cycle's)")
-    p.add_argument("--work", type=Path, default=None, help="work folder (default /tmp/activedet-label-efficiency[-smoke]); re-runs resume")
+    p.add_argument("--pl-filter", default="fixed")
+    p.add_argument("--pl-params", default='{"tau": 0.7}', help="pseudo-label filter parameters (JSON)")
+    p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    p.add_argument("--workers", type=int, default=2, help="parallel (pool, seed) jobs, one torch thread each")
+    p.add_argument("--work", type=Path, default=None, help="work folder (default /tmp/activedet-<name>); re-runs resume")
     p.add_argument("--out", type=Path, default=RESULTS_DIR)
     p.add_argument("--name", default=None)
-    p.add_argument("--smoke", action="store_true", help="tiny sizes: a 1-2 minute check that everything runs")
-    p.add_argument("--render", type=Path, default=None,
-                   help="only re-render tables, Markdown and plot from this results JSON (no training)")
+    p.add_argument("--smoke", action="store_true", help="tiny sizes, from-scratch tiny preset: seconds, checks that it all runs")
+    p.add_argument("--render", type=Path, default=None, help="only re-aggregate and re-draw this results JSON")
     args = p.parse_args(argv)
     if args.smoke:
-        args.pool, args.frames, args.eval_images, args.initial, args.budget, args.cycles = 24, 6, 12, 6, 6, 1
-        args.teacher_iters, args.finetune_iters, args.student_iters, args.batch_size = 6, 3, 3, 4
-        args.seeds = args.seeds[:2] if len(args.seeds) > 2 else args.seeds
-    if args.initial + args.cycles * args.budget > args.pool:
-        p.error(f"--initial + --cycles * --budget = {args.initial + args.cycles * args.budget} exceeds --pool {args.pool}")
+        args.pool, args.frames, args.eval_images, args.cycles = 24, 6, 8, 2
+        args.initial_pct = args.budget_pct = 25.0
+        args.height, args.width, args.preset, args.backbone_weights = 64, 128, "tiny", "none"
+        args.teacher_iters, args.student_iters, args.batch_size = 3, 2, 2
+        args.pools = [p for p in args.pools if p != "traffic-cams"] or ["synth-redundant"]
     if args.pool % args.frames:
         p.error("--pool must be a multiple of --frames")
     if args.name is None:
@@ -152,199 +133,197 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-# --------------------------------------------------------------------------- one (variant, seed) job
-
-
 def _key(*parts) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+# --------------------------------------------------------------------------- datasets
+
+
+def _with_held_out(pool_uri: str, held_out_uri: str, out_uri: str) -> None:
+    """One dataset: ``pool_uri``'s images as train, ``held_out_uri``'s as val (ids prefixed ``eval/``)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    from activedet import store
+    from activedet.data.dataset import load_dataset, write_dataset_tables
+
+    pool, held = load_dataset(pool_uri), load_dataset(held_out_uri)
+    parts, boxes = [], []
+    for ds, split, prefix in ((pool, "train", ""), (held, "val", "eval/")):
+        t = ds.images
+        t = t.set_column(t.schema.get_field_index("uri"), "uri",
+                         pa.array([ds.resolve_uri(u) for u in t.column("uri").to_pylist()], pa.string()))
+        t = t.set_column(t.schema.get_field_index("split"), "split", pa.array([split] * t.num_rows, t.schema.field("split").type))
+        t = t.set_column(t.schema.get_field_index("image_id"), "image_id", pc.binary_join_element_wise(prefix, t.column("image_id"), ""))
+        b = ds.boxes.set_column(ds.boxes.schema.get_field_index("image_id"), "image_id",
+                                pc.binary_join_element_wise(prefix, ds.boxes.column("image_id"), ""))
+        parts.append(t)
+        boxes.append(b)
+    with store.OutputWriter(out_uri) as out:
+        write_dataset_tables(out, pa.concat_tables(parts), pa.concat_tables(boxes, promote_options="default"), pool.categories,
+                             {"source": "label_efficiency benchmark", "pool": pool_uri, "held_out": held_out_uri})
+
+
+def make_datasets(args) -> dict[str, str]:
+    """The dataset of each pool: train split = the pool, val split = its held-out set."""
+    from activedet import store
+    from activedet.data.synth import generate_synthdrive
+
+    root = args.work / "datasets"
+    out: dict[str, str] = {}
+    size = {"height": args.height, "width": args.width, "val_fraction": 0.0, "test_fraction": 0.0}
+    synth = {
+        "synth-redundant": {"sequences": args.pool // args.frames, "frames": args.frames, "seed": 0, **size},
+        "synth-diverse": {"sequences": args.pool, "frames": 1, "seed": 0, **size},
+    }
+    held_spec = {"sequences": args.eval_images, "frames": 1, "seed": 1000, **size}
+    for pool in args.pools:
+        uri = str(root / f"{pool}-{_key(synth.get(pool), held_spec if pool in synth else None)}")
+        out[pool] = uri
+        if store.is_committed(uri):
+            continue
+        t0 = time.perf_counter()
+        if pool in synth:
+            held = str(root / f"held-out-{_key(held_spec)}")
+            if not store.is_committed(held):
+                generate_synthdrive(held, **held_spec)
+            raw = str(root / f"{pool}-raw-{_key(synth[pool])}")
+            if not store.is_committed(raw):
+                generate_synthdrive(raw, **synth[pool])
+            _with_held_out(raw, held, uri)
+        else:
+            from activedet.data.split import SplitSettings, split_dataset
+            from activedet.data.yolo import import_yolo
+
+            raw = str(root / "traffic-cams-raw")
+            if not store.is_committed(raw):
+                import_yolo(str(TRAFFIC_CAMS), out_uri=raw)
+            split_dataset(raw, uri, SplitSettings(val_fraction=0.3, seed=0, workers=2))
+        progress(f"dataset {pool} ready in {time.perf_counter() - t0:.1f} s: {uri}")
+    return out
+
+
+def base_experiment(args, pool: str, dataset_uri: str, seed: int) -> dict:
+    """The pool's experiment before a strategy sets its sections (sizes from the pool's train split)."""
+    from activedet.data.dataset import load_dataset
+
+    n = len(load_dataset(dataset_uri).split_ids("train"))
+    initial = max(2, round(n * args.initial_pct / 100))
+    budget = max(1, round(n * args.budget_pct / 100))
+    training = {"preset": args.preset, "teacher_iterations": args.teacher_iters, "student_iterations": args.student_iters,
+                "batch_size": args.batch_size, "num_workers": 0, "checkpoint_every": 10_000}
+    if args.backbone_weights != "none":
+        training["backbone_weights"] = args.backbone_weights
+    return {
+        "name": f"le-{pool}", "dataset": {"uri": dataset_uri}, "initial_size": initial, "budget": budget, "cycles": args.cycles,
+        "seed": seed, "device": args.device, "training": training,
+        "pseudo_labels": {"filter": args.pl_filter, "params": json.loads(args.pl_params)},
+    }
+
+
+def strategy_experiment(base: dict, strategy: str):
+    from activedet.pipeline.plan import load_experiment
+
+    sections = STRATEGIES[strategy]
+    exp = {**base, "acquisition": {**base.get("acquisition", {}), **sections["acquisition"]}, "ssl": sections["ssl"]}
+    return load_experiment(exp, check=False)
+
+
+# --------------------------------------------------------------------------- one (pool, seed) job
 
 
 @dataclass
 class Job:
-    """The whole AL loop of every strategy for one variant and seed."""
+    """Every strategy's loop for one pool and seed; stage outputs content-addressed under ``work``."""
 
-    variant: str
+    pool: str
     seed: int
-    dataset: str
-    eval_dataset: str
+    base: dict
     work: str
-    settings: dict
+    strategies: list[str]
     timings: dict = field(default_factory=dict)
-    evals: dict = field(default_factory=dict)
 
-    # -- bookkeeping
-    def _timed(self, stage: str, label: str, uri: str, fn):
-        """Run ``fn`` unless ``uri`` already holds a committed output (then reuse it)."""
-        from activedet import store
-
-        if store.is_committed(uri):
-            self.timings.setdefault(stage, {"runs": 0, "seconds": 0.0, "reused": 0})["reused"] += 1
-            return
-        t0 = time.perf_counter()
-        fn()
-        secs = time.perf_counter() - t0
+    def _record_time(self, stage: str, seconds: float | None) -> None:
         t = self.timings.setdefault(stage, {"runs": 0, "seconds": 0.0, "reused": 0})
-        t["runs"] += 1
-        t["seconds"] += secs
-        progress(f"{self.variant} seed {self.seed}: {label}: {stage} {secs:.1f} s")
+        if seconds is None:
+            t["reused"] += 1
+        else:
+            t["runs"] += 1
+            t["seconds"] += seconds
 
-    def _path(self, *parts: str) -> str:
-        return str(Path(self.work, *parts))
+    def run_stage(self, stage: str, exp, cycle: int, resolved: dict[str, str], **upstream) -> dict:
+        """Run the product's ``stage`` config of ``cycle`` with its inputs resolved; returns its result.
 
-    # -- stages
-    def teacher(self, ledger: str, digest: str, init: str | None, init_key: str, cycle: int, iterations: int) -> tuple[str, str]:
-        from activedet.stages import train_teacher
-
-        s = self.settings
-        key = _key("teacher", digest, init_key, cycle, iterations)
-        uri = self._path("teachers", key)
-        cfg = train_teacher.Config(
-            dataset_uri=self.dataset, ledger_uri=ledger, output_uri=uri, preset=s["preset"], init_checkpoint_uri=init,
-            iterations=iterations, batch_size=s["batch_size"], lr=s["lr"], warmup_iters=min(50, iterations // 5),
-            seed=self.seed + cycle, device=s["device"], checkpoint_every=0,
-        )
-        self._timed("train-teacher", f"cycle {cycle} teacher {key}", uri, lambda: train_teacher.run(cfg))
-        return uri, key
-
-    def student(self, teacher: str, tkey: str, ledger: str, cycle: int) -> tuple[str, str]:
-        from activedet.stages import generate_pseudo_labels, train_student_ssl
-
-        s = self.settings
-        pl = self._path("pseudo_labels", tkey)
-        pcfg = generate_pseudo_labels.Config(
-            teacher_checkpoint_uri=teacher, dataset_uri=self.dataset, ledger_uri=ledger, output_uri=pl,
-            filter=s["pl_filter"], filter_params=json.loads(s["pl_params"]), device=s["device"], seed=self.seed + cycle,
-        )
-        self._timed("generate-pseudo-labels", f"cycle {cycle} pseudo-labels {tkey}", pl, lambda: generate_pseudo_labels.run(pcfg))
-        key = _key("student", tkey, s["student_iters"])
-        uri = self._path("students", key)
-        scfg = train_student_ssl.Config(
-            teacher_checkpoint_uri=teacher, dataset_uri=self.dataset, ledger_uri=ledger, pseudo_labels_uri=pl,
-            output_uri=uri, iterations=s["student_iters"], batch_size=s["batch_size"], lr=s["lr"],
-            warmup_iters=min(50, s["student_iters"] // 5), seed=self.seed + cycle, device=s["device"], checkpoint_every=0,
-        )
-        self._timed("train-student-ssl", f"cycle {cycle} student {key}", uri, lambda: train_student_ssl.run(scfg))
-        return uri, key
-
-    def evaluate(self, model: str, mkey: str, label: str) -> dict:
+        ``resolved`` maps the run layout's URIs (a virtual run root) to where those outputs really
+        are; the stage's own output is put at a hash of its resolved config and added to it.
+        """
         from activedet import store
-        from activedet.stages import evaluate
+        from activedet.pipeline import plan
+        from activedet.stages import stage_module
 
-        if mkey in self.evals:
-            return self.evals[mkey]
-        uri = self._path("evals", mkey)
-        cfg = evaluate.Config(dataset_uri=self.eval_dataset, split="train", checkpoint_uri=model, output_uri=uri,
-                              device=self.settings["device"], rare_k=0)
-        self._timed("evaluate", label, uri, lambda: evaluate.run(cfg))
-        m = store.read_output_json(uri, "metrics.json")["metrics"]
-        self.evals[mkey] = {"AP": 100 * (m.get("AP") or 0.0), "AP50": 100 * (m.get("AP50") or 0.0)}
-        return self.evals[mkey]
+        config = plan.stage_config(stage, exp, VIRTUAL_ROOT, cycle, **upstream)
+        data = config.model_dump(mode="json")
+        update: dict = {}
+        for name, value in data.items():
+            if name == "output_uri":
+                continue
+            if name.endswith("_uri") and isinstance(value, str):
+                update[name] = resolved.get(value, value)
+            elif name.endswith("_uris") and isinstance(value, list):
+                update[name] = [resolved.get(v, v) for v in value]
+        key = _key(stage, {k: v for k, v in {**data, **update}.items() if k != "output_uri"})
+        out = str(Path(self.work, stage, key))
+        resolved[data["output_uri"]] = out
+        result_file = Path(self.work, stage, f"{key}.result.json")
+        if store.is_committed(out) and result_file.exists():
+            self._record_time(stage, None)
+            return json.loads(result_file.read_text())
+        t0 = time.perf_counter()
+        result = stage_module(stage).run(config.model_copy(update={**update, "output_uri": out}))
+        seconds = time.perf_counter() - t0
+        self._record_time(stage, seconds)
+        payload = result.model_dump(mode="json") if hasattr(result, "model_dump") else result
+        result_file.write_text(json.dumps(payload, default=str))
+        progress(f"{self.pool} seed {self.seed}: cycle {cycle} {stage} {seconds:.1f} s")
+        return payload
 
-    def score(self, model: str, mkey: str, ledger: str, lkey: str, scores: list[str], include_labeled: bool, cycle: int) -> str:
-        from activedet.stages import score_unlabeled
-
-        key = _key("scores", mkey, lkey, sorted(scores), include_labeled)
-        uri = self._path("scores", key)
-        cfg = score_unlabeled.Config(
-            checkpoint_uri=model, dataset_uri=self.dataset, ledger_uri=ledger, output_uri=uri, scores=sorted(scores),
-            include_labeled=include_labeled, batch_size=self.settings["batch_size"], device=self.settings["device"],
-        )
-        self._timed("score-unlabeled", f"cycle {cycle} scores {'+'.join(sorted(scores))}", uri, lambda: score_unlabeled.run(cfg))
-        return uri
-
-    def select(self, name: str, strat: Strategy, ledger: str, scores_uri: str | None, cycle: int) -> str:
-        from activedet.stages import oracle, select_batch
-
-        sel = self._path("strategies", name.replace("+", "_"), f"selection-{cycle:02d}")
-        nxt = self._path("strategies", name.replace("+", "_"), f"ledger-{cycle:02d}")
-        scfg = select_batch.Config(
-            dataset_uri=self.dataset, ledger_uri=ledger, output_uri=sel, strategy=strat.select, budget=self.settings["budget"],
-            scores_uri=scores_uri, score=strat.score, seed=self.seed, cycle=cycle,
-            device="cuda" if self.settings["device"] == "cuda" else "cpu",
-        )
-        ocfg = oracle.Config(ledger_uri=sel, selection_uri=sel, output_uri=nxt)
-
-        def both():
-            select_batch.run(scfg)
-            oracle.run(ocfg)
-
-        self._timed("select-batch+oracle", f"cycle {cycle} {name} selection", nxt, both)
-        return nxt
-
-    # -- the loop
     def run(self) -> list[dict]:
         from activedet.al import ledger as ledger_mod
-        from activedet.stages import init
+        from activedet.data.dataset import load_dataset
+        from activedet.pipeline import plan
+        from activedet.pipeline.layout import RunLayout
 
-        s = self.settings
-        warm = not s["no_warm_start"]
-        led0 = self._path("ledger-00")
-        self._timed("init", "cycle 0 init", led0, lambda: init.run(init.Config(
-            dataset_uri=self.dataset, output_uri=led0, initial_size=s["initial"], seed=self.seed)))
-        names = list(s["strategies"])
-        state = {n: {"ledger": led0, "teacher": None, "tkey": "scratch"} for n in names}
-        records: list[dict] = []
-        for cycle in range(s["cycles"] + 1):
-            models: dict[str, tuple[str, str]] = {}
-            for n in names:
-                st, strat = state[n], STRATEGIES[n]
-                table, _ = ledger_mod.read_ledger(st["ledger"])
-                labeled = sorted(ledger_mod.ids_in_state(table, "labeled"))
-                digest = _key(labeled)
-                scratch = cycle == 0 or not warm
-                init_uri, init_key = (None, "scratch") if scratch else (st["teacher"], st["tkey"])
-                iters = s["teacher_iters"] if scratch else s["finetune_iters"]
-                teacher, tkey = self.teacher(st["ledger"], digest, init_uri, init_key, cycle, iters)
-                st.update(teacher=teacher, tkey=tkey, labeled=len(labeled), digest=digest)
-                model, mkey = (teacher, tkey)
-                if strat.ssl:
-                    model, mkey = self.student(teacher, tkey, st["ledger"], cycle)
-                models[n] = (model, mkey)
-                m = self.evaluate(model, mkey, f"cycle {cycle} {n} eval")
-                records.append({"variant": self.variant, "seed": self.seed, "strategy": n, "cycle": cycle,
-                                "labeled": len(labeled), "pct": 100.0 * len(labeled) / s["pool"], **m, "model": mkey})
-                progress(f"{self.variant} seed {self.seed}: cycle {cycle} {n:13s} {len(labeled):4d} labels  "
-                         f"AP50 {m['AP50']:5.1f}  AP {m['AP']:5.1f}")
-            if cycle == 0 and any(STRATEGIES[n].ssl for n in names):
-                records.append(self._control(state[names[0]], cycle))
-            if cycle == s["cycles"]:
-                break
-            self._acquire(names, state, models, cycle)
+        pool_size = len(load_dataset(self.base["dataset"]["uri"]).split_ids("train"))
+        records = []
+        for strategy in self.strategies:
+            exp = strategy_experiment(self.base, strategy)
+            resolved: dict[str, str] = {}
+            self.run_stage("init", exp, 0, resolved)
+            layout = RunLayout(VIRTUAL_ROOT, exp)
+            for cycle in range(exp.cycles):
+                ev: dict = {}
+                choice = None
+                for stage, upstream in plan.cycle_stages(exp, cycle):
+                    result = self.run_stage(stage, exp, cycle, resolved, **upstream)
+                    if stage == "evaluate":
+                        ev = result
+                    if stage == "select-batch":
+                        choice = (result.get("info") or {}).get("auto.choice")
+                table, _ = ledger_mod.read_ledger(resolved[layout.ledger(cycle)])
+                labeled = len(ledger_mod.ids_in_state(table, "labeled"))
+                rec = {"pool": self.pool, "seed": self.seed, "strategy": strategy, "cycle": cycle, "labeled": labeled,
+                       "pct": 100.0 * labeled / pool_size, **{m: 100.0 * (ev.get(m) or 0.0) for m in METRICS}}
+                if choice:
+                    rec["auto_choice"] = choice
+                records.append(rec)
+                progress(f"{self.pool} seed {self.seed}: {strategy:13s} cycle {cycle}: {labeled:4d} labels "
+                         f"AP50 {rec['AP50']:5.1f} AP {rec['AP']:5.1f}" + (f" (auto chose {choice})" if choice else ""))
         return records
-
-    def _control(self, st: dict, cycle: int) -> dict:
-        """The cycle-0 teacher trained ``student_iters`` more on labeled data only."""
-        uri, key = self.teacher(st["ledger"], st["digest"], st["teacher"], st["tkey"], cycle, self.settings["student_iters"])
-        m = self.evaluate(uri, key, f"cycle {cycle} {CONTROL} eval")
-        progress(f"{self.variant} seed {self.seed}: cycle {cycle} {CONTROL}: AP50 {m['AP50']:5.1f}  AP {m['AP']:5.1f}")
-        return {"variant": self.variant, "seed": self.seed, "strategy": CONTROL, "cycle": cycle, "labeled": st["labeled"],
-                "pct": 100.0 * st["labeled"] / self.settings["pool"], **m, "model": key}
-
-    def _acquire(self, names: list[str], state: dict, models: dict, cycle: int) -> None:
-        """Score each distinct (model, ledger) once with the union of what its strategies need."""
-        groups: dict[tuple[str, str], dict] = {}
-        for n in names:
-            strat = STRATEGIES[n]
-            if not strat.scores:
-                continue
-            use_student = strat.ssl and self.settings["ssl_scoring"] == "student"
-            model, mkey = models[n] if use_student else (state[n]["teacher"], state[n]["tkey"])
-            g = groups.setdefault((mkey, state[n]["digest"]), {"model": model, "ledger": state[n]["ledger"],
-                                                                 "scores": set(), "labeled": False, "members": []})
-            g["scores"].update(strat.scores)
-            g["labeled"] |= strat.select == "coreset"
-            g["members"].append(n)
-        scores_of: dict[str, str] = {}
-        for (mkey, lkey), g in groups.items():
-            uri = self.score(g["model"], mkey, g["ledger"], lkey, sorted(g["scores"]), g["labeled"], cycle)
-            for n in g["members"]:
-                scores_of[n] = uri
-        for n in names:
-            state[n]["ledger"] = self.select(n, STRATEGIES[n], state[n]["ledger"], scores_of.get(n), cycle + 1)
 
 
 def _job_main(spec: dict) -> dict:
-    """Worker entry point: one (variant, seed) job with one torch thread."""
+    """Worker entry point: one (pool, seed) job with ``threads`` torch threads."""
     import torch
 
     torch.set_num_threads(spec.pop("threads"))
@@ -352,327 +331,256 @@ def _job_main(spec: dict) -> dict:
     job = Job(**spec)
     t0 = time.perf_counter()
     records = job.run()
-    return {"variant": job.variant, "seed": job.seed, "records": records, "timings": job.timings,
-            "seconds": time.perf_counter() - t0}
-
-
-# --------------------------------------------------------------------------- datasets
-
-
-def make_datasets(args) -> dict[str, str]:
-    """Generate the pool datasets (one per variant) and the shared evaluation set."""
-    from activedet import store
-    from activedet.data.synth import generate_synthdrive
-
-    out = {}
-    specs = {
-        "redundant": {"sequences": args.pool // args.frames, "frames": args.frames, "seed": 0},
-        "diverse": {"sequences": args.pool, "frames": 1, "seed": 0},
-        "eval": {"sequences": args.eval_images, "frames": 1, "seed": 1000},
-    }
-    for name, spec in specs.items():
-        if name != "eval" and name not in args.variants:
-            continue
-        uri = str(args.work / "datasets" / f"{name}-{_key(spec)}")
-        if not store.is_committed(uri):
-            t0 = time.perf_counter()
-            generate_synthdrive(uri, val_fraction=0.0, test_fraction=0.0, **spec)
-            progress(f"dataset {name}: {spec} generated in {time.perf_counter() - t0:.1f} s")
-        out[name] = uri
-    return out
+    return {"pool": job.pool, "seed": job.seed, "records": records, "timings": job.timings, "seconds": time.perf_counter() - t0}
 
 
 # --------------------------------------------------------------------------- aggregation
 
 
-def aggregate(records: list[dict], args) -> tuple[list[dict], list[dict], dict]:
-    """Per (variant, strategy, cycle) mean +- std; per (variant, strategy) AUC@B and metric@B; claims."""
-    by: dict[tuple, list[dict]] = {}
-    for r in records:
-        by.setdefault((r["variant"], r["strategy"], r["cycle"]), []).append(r)
-    curve_rows = []
-    for (variant, strategy, cycle), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]), kv[0][2])):
-        ap50 = mean_std([r["AP50"] for r in rs])
-        ap = mean_std([r["AP"] for r in rs])
-        curve_rows.append({
-            "variant": variant, "strategy": strategy, "cycle": cycle, "labeled": rs[0]["labeled"], "pct": rs[0]["pct"],
-            "AP50_mean": ap50[0], "AP50_std": ap50[1], "AP_mean": ap[0], "AP_std": ap[1], "seeds": len(rs),
-            "AP50": fmt_pm(*ap50), "AP": fmt_pm(*ap),
-            "AP50_per_seed": {r["seed"]: round(r["AP50"], 2) for r in rs}, "AP_per_seed": {r["seed"]: round(r["AP"], 2) for r in rs},
-        })
-    budgets = sorted({r["pct"] for r in records if r["strategy"] != CONTROL})
-    ats = args.at if args.at else budgets[1:]
-    summary = []
-    for variant in args.variants:
-        for strategy in args.strategies:
-            per_seed = _per_seed_curves(records, variant, strategy)
-            row = {"variant": variant, "strategy": strategy}
-            for metric in ("AP50", "AP"):
-                for b in ats:
-                    aucs = [auc_at(c["pct"], c[metric], b) for c in per_seed.values()]
-                    vals = [metric_at(c["pct"], c[metric], b) for c in per_seed.values()]
-                    row[f"AUC@{b:g}_{metric}"] = fmt_pm(*mean_std(aucs))
-                    row[f"{metric}@{b:g}"] = fmt_pm(*mean_std(vals))
-                    row[f"_auc@{b:g}_{metric}"] = mean_std(aucs)
-                    row[f"_{metric}@{b:g}"] = mean_std(vals)
-            summary.append(row)
-    return curve_rows, summary, claims(records, args)
-
-
-def _order(strategy: str) -> int:
-    names = [*STRATEGIES, CONTROL]
-    return names.index(strategy) if strategy in names else len(names)
-
-
-def _per_seed_curves(records, variant, strategy) -> dict[int, dict]:
-    out: dict[int, dict] = {}
+def curves_by_seed(records: list[dict], pool: str, strategy: str) -> dict[int, dict[str, list]]:
+    out: dict[int, dict[str, list]] = {}
     for r in sorted(records, key=lambda r: r["cycle"]):
-        if r["variant"] == variant and r["strategy"] == strategy:
-            c = out.setdefault(r["seed"], {"pct": [], "labeled": [], "AP50": [], "AP": []})
-            for k in ("pct", "labeled", "AP50", "AP"):
+        if r["pool"] == pool and r["strategy"] == strategy:
+            c = out.setdefault(r["seed"], {"pct": [], "labeled": [], **{m: [] for m in METRICS}})
+            for k in ("pct", "labeled", *METRICS):
                 c[k].append(r[k])
     return out
 
 
-def _paired(records, variant, a, b, metric="AP50", cycles=None) -> list[float]:
-    """Per seed and cycle differences ``a - b`` (same labels: same cycle)."""
-    idx = {(r["strategy"], r["seed"], r["cycle"]): r[metric] for r in records if r["variant"] == variant}
+def per_seed_figures(curve: dict[str, list], baseline: dict[str, list] | None, metric: str) -> dict[str, float]:
+    """AUC@B and metric@B at the curve's final budget; labels to reach the baseline's final metric."""
+    final = curve["pct"][-1]
+    out = {"auc": auc_at(curve["pct"], curve[metric], final), "final": metric_at(curve["pct"], curve[metric], final)}
+    if baseline is not None:
+        out["labels_to_reach"] = labels_to_reach(curve["labeled"], curve[metric], baseline[metric][-1])
+    return out
+
+
+def comparisons(records: list[dict], pools: list[str], strategies: list[str]) -> list[dict]:
+    """Each strategy vs random per pool: mean paired difference over seeds, 95 % bootstrap interval, verdict.
+
+    ``labels_saved``: the labels random needed to first reach its own final metric minus those the
+    strategy needed to reach it (random vs itself: 0). A strategy that never reaches it within its
+    budget is counted as needing its final label count (the most it can be credited with).
+    """
+    rows = []
+    for pool in pools:
+        base = curves_by_seed(records, pool, BASELINE)
+        for strategy in strategies:
+            if strategy == BASELINE:
+                continue
+            curves = curves_by_seed(records, pool, strategy)
+            seeds = sorted(set(curves) & set(base))
+            for metric in METRICS:
+                diffs: dict[str, list[float]] = {"auc": [], "final": [], "labels_saved": []}
+                for s in seeds:
+                    a, b = per_seed_figures(curves[s], base[s], metric), per_seed_figures(base[s], None, metric)
+                    diffs["auc"].append(a["auc"] - b["auc"])
+                    diffs["final"].append(a["final"] - b["final"])
+                    target = base[s][metric][-1]
+                    own = labels_to_reach(base[s]["labeled"], base[s][metric], target)
+                    reach = a["labels_to_reach"]
+                    diffs["labels_saved"].append(own - (reach if reach == reach else curves[s]["labeled"][-1]))
+                for quantity, values in diffs.items():
+                    mean, lo, hi = paired_bootstrap(values, seed=len(rows))
+                    rows.append({"pool": pool, "strategy": strategy, "metric": metric, "quantity": quantity, "mean": mean,
+                                 "low": lo, "high": hi, "seeds": len(values), "verdict": verdict(lo, hi, len(values))})
+    return rows
+
+
+def curve_table(records: list[dict]) -> list[dict]:
+    """Per pool, strategy and cycle: labels, mean and 95 % interval of each metric over seeds."""
+    by: dict[tuple, list[dict]] = {}
+    for r in records:
+        by.setdefault((r["pool"], r["strategy"], r["cycle"]), []).append(r)
+    rows = []
+    for (pool, strategy, cycle), rs in sorted(by.items(), key=lambda kv: (kv[0][0], _order(kv[0][1]), kv[0][2])):
+        row = {"pool": pool, "strategy": strategy, "cycle": cycle, "labeled": rs[0]["labeled"], "pct": round(rs[0]["pct"], 2),
+               "seeds": len(rs)}
+        for m in METRICS:
+            mean, lo, hi = paired_bootstrap([r[m] for r in rs], seed=cycle)
+            row.update({f"{m}_mean": mean, f"{m}_low": lo, f"{m}_high": hi})
+        choices = [r["auto_choice"] for r in rs if r.get("auto_choice")]
+        if choices:
+            row["auto_choices"] = ",".join(choices)
+        rows.append(row)
+    return rows
+
+
+def _order(strategy: str) -> int:
+    names = list(STRATEGIES)
+    return names.index(strategy) if strategy in names else len(names)
+
+
+def best_fixed_check(rows: list[dict], pools: list[str]) -> list[dict]:
+    """Is ``auto`` within the interval of the best fixed strategy (AUC of AP50 vs random) on each pool?"""
     out = []
-    for (s, seed, cycle), v in idx.items():
-        if s == a and (cycles is None or cycle in cycles) and (b, seed, cycle) in idx:
-            out.append(v - idx[(b, seed, cycle)])
+    for pool in pools:
+        auc = {r["strategy"]: r for r in rows if r["pool"] == pool and r["metric"] == "AP50" and r["quantity"] == "auc"}
+        if "auto" not in auc:
+            continue
+        fixed = {s: r for s, r in auc.items() if s != "auto"}
+        fixed["random"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "strategy": "random"}
+        best = max(fixed.values(), key=lambda r: r["mean"])
+        a = auc["auto"]
+        within = a["high"] >= best["low"] if a["seeds"] else False
+        out.append({"pool": pool, "best_fixed": best.get("strategy", ""), "best_mean": best["mean"], "best_low": best["low"],
+                    "auto_mean": a["mean"], "auto_low": a["low"], "auto_high": a["high"], "seeds": a["seeds"],
+                    "auto_within_best": within if a["seeds"] >= 5 else f"too few seeds ({a['seeds']})"})
     return out
 
 
-def claims(records: list[dict], args) -> dict:
-    """The issue's four questions, answered from the records (AP50 unless stated)."""
-    out: dict = {}
-    last = args.cycles
-    for variant in args.variants:
-        c: dict = {}
-        if {"random", "random+ssl"} <= set(args.strategies):
-            d = _paired(records, variant, "random+ssl", "random", cycles={0})
-            dc = _paired(records, variant, "random+ssl", CONTROL, cycles={0})
-            da = _paired(records, variant, "random+ssl", "random", "AP", cycles={0})
-            c["ssl_beats_supervised_at_cycle0"] = {
-                "student_minus_teacher_AP50": mean_std(d), "student_minus_teacher_AP": mean_std(da),
-                "student_minus_control_AP50": mean_std(dc), "seeds_student_better": sum(x > 0 for x in d), "seeds": len(d),
-                "holds": bool(d) and mean_std(d)[0] > 0,
-                "holds_vs_equal_iterations_control": bool(dc) and mean_std(dc)[0] > 0,
-            }
-        if {"unified", "random"} <= set(args.strategies):
-            d = _paired(records, variant, "unified", "random", cycles=set(range(1, last + 1)))
-            wins = sum(x > 0 for x in d)
-            c["unified_beats_random_at_equal_labels"] = {
-                "unified_minus_random_AP50_cycles>=1": mean_std(d), "wins": wins, "comparisons": len(d),
-                "holds": bool(d) and mean_std(d)[0] > 0,
-            }
-        if {"coreset", "entropy"} <= set(args.strategies):
-            d = _paired(records, variant, "coreset", "entropy", cycles=set(range(1, last + 1)))
-            auc = {s: [auc_at(cv["pct"], cv["AP50"]) for cv in _per_seed_curves(records, variant, s).values()]
-                   for s in ("coreset", "entropy")}
-            c["coreset_ge_entropy"] = {
-                "coreset_minus_entropy_AP50_cycles>=1": mean_std(d), "wins": sum(x > 0 for x in d), "comparisons": len(d),
-                "AUC_coreset": mean_std(auc["coreset"]),
-                "AUC_entropy": mean_std(auc["entropy"]), "holds": bool(d) and mean_std(d)[0] >= 0,
-            }
-        if {"unified+ssl", "random"} <= set(args.strategies):
-            rnd = _per_seed_curves(records, variant, "random")
-            uni = _per_seed_curves(records, variant, "unified+ssl")
-            if rnd and uni:
-                labels = next(iter(rnd.values()))["labeled"]
-                r_mean = [mean_std([cv["AP50"][i] for cv in rnd.values()])[0] for i in range(len(labels))]
-                u_mean = [mean_std([cv["AP50"][i] for cv in uni.values()])[0] for i in range(len(labels))]
-                target = r_mean[-1]
-                reach = labels_to_reach(labels, u_mean, target)
-                per_seed = {s: labels_to_reach(uni[s]["labeled"], uni[s]["AP50"], rnd[s]["AP50"][-1]) for s in rnd if s in uni}
-                d = _paired(records, variant, "unified+ssl", "random", cycles=set(range(1, last + 1)))
-                c["unified_ssl_reaches_random_final"] = {
-                    "unified_ssl_minus_random_AP50_cycles>=1": mean_std(d), "wins": sum(x > 0 for x in d),
-                    "random_final_AP50": target, "random_final_labels": labels[-1], "unified_ssl_AP50_curve": u_mean,
-                    "labels_needed_mean_curve": reach, "fewer_labels": labels[-1] - reach if reach == reach else None,
-                    "labels_needed_per_seed": per_seed, "holds": reach == reach and reach < labels[-1],
-                }
-        out[variant] = c
-    return out
+# --------------------------------------------------------------------------- plot and Markdown
 
 
-# --------------------------------------------------------------------------- plot
-
-
-def plot(curve_rows: list[dict], args, path: Path) -> Path:
+def plot(curves: list[dict], pools: list[str], strategies: list[str], path: Path) -> Path:
     from activedet.plots import save_png, subplots
 
-    fig, axes = subplots(1, len(args.variants), figsize=(6.5 * len(args.variants), 4.8), squeeze=False)
-    styles = {n: ("--" if STRATEGIES[n].ssl else "-") for n in STRATEGIES}
-    for ax, variant in zip(axes[0], args.variants, strict=True):
-        for strategy in args.strategies:
-            rows = [r for r in curve_rows if r["variant"] == variant and r["strategy"] == strategy]
+    fig, axes = subplots(1, len(pools), figsize=(6.5 * len(pools), 4.8), squeeze=False)
+    for ax, pool in zip(axes[0], pools, strict=True):
+        for strategy in strategies:
+            rows = [r for r in curves if r["pool"] == pool and r["strategy"] == strategy]
             if not rows:
                 continue
             x = [r["pct"] for r in rows]
-            y = np.array([r["AP50_mean"] for r in rows])
-            e = np.array([r["AP50_std"] for r in rows])
-            line, = ax.plot(x, y, styles.get(strategy, "-"), marker="o", ms=3, label=strategy)
-            ax.fill_between(x, y - e, y + e, color=line.get_color(), alpha=0.12)
-        ctrl = [r for r in curve_rows if r["variant"] == variant and r["strategy"] == CONTROL]
-        if ctrl:
-            ax.errorbar([ctrl[0]["pct"]], [ctrl[0]["AP50_mean"]], yerr=[ctrl[0]["AP50_std"]], fmt="kx", label=CONTROL)
-        ax.set_title(f"SynthDrive {variant} pool ({args.pool} images), {len(args.seeds)} seeds")
+            line, = ax.plot(x, [r["AP50_mean"] for r in rows], "--" if strategy.endswith("+ssl") else "-", marker="o", ms=3,
+                            label=strategy)
+            ax.fill_between(x, [r["AP50_low"] for r in rows], [r["AP50_high"] for r in rows], color=line.get_color(), alpha=0.12)
+        seeds = max((r["seeds"] for r in curves if r["pool"] == pool), default=0)
+        ax.set_title(f"{pool}: AP50 mean and 95 % interval ({seeds} seeds)")
         ax.set_xlabel("% of pool labeled")
-        ax.set_ylabel("AP50 on held-out set (mean +- std)")
+        ax.set_ylabel("AP50 on the held-out set (x100)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     save_png(fig, path, dpi=110)
     return path
 
 
+def _interval(mean: float, lo: float, hi: float) -> str:
+    return "n/a" if mean != mean else f"{mean:+.2f} [{lo:+.2f}, {hi:+.2f}]"
+
+
+def markdown(payload: dict) -> str:
+    st = payload["settings"]
+    lines = [
+        f"Command: `{payload['command']}`  ",
+        f"Machine: {payload['machine'].get('cpu_model')} ({payload['machine'].get('cpus')} CPUs), torch "
+        f"{payload['machine'].get('torch')}; load average at start {payload.get('loadavg_1m_at_start')}; "
+        f"wall time of this invocation {payload['seconds'] / 60:.1f} min  ",
+        f"Pools {st['pools']}, seeds {st['seeds']}, I = {st['initial_pct']} % and B = {st['budget_pct']} % of each pool, "
+        f"{st['cycles']} cycles, preset {st['preset']} (backbone weights: {st['backbone_weights']}), teacher "
+        f"{st['teacher_iters']} it from scratch every cycle, student {st['student_iters']} it, pseudo-labels {st['pl_filter']} "
+        f"{st['pl_params']}; every stage config from the experiment (`plan.stage_config`).",
+        "",
+        "Each strategy vs random, mean paired difference over seeds [95 % bootstrap interval]; AUC of AP50 "
+        "(x100 x percentage points), final AP50, labels saved at random's final AP50:",
+        "",
+    ]
+    cmp_rows = [r for r in payload["comparisons"] if r["metric"] == "AP50"]
+    table = []
+    for pool in st["pools"]:
+        for strategy in st["strategies"]:
+            cells = {r["quantity"]: r for r in cmp_rows if r["pool"] == pool and r["strategy"] == strategy}
+            if cells:
+                table.append({"pool": pool, "strategy": strategy, "seeds": cells["auc"]["seeds"],
+                              **{q: f"{_interval(c['mean'], c['low'], c['high'])} {c['verdict']}" for q, c in cells.items()}})
+    lines.append(format_table(table, ["pool", "strategy", "seeds", "auc", "final", "labels_saved"],
+                              ["pool", "strategy", "seeds", "AUC@B (AP50)", "AP50@B", "labels saved"]))
+    if payload.get("auto_check"):
+        lines += ["", "auto vs the best fixed strategy (AUC of AP50 vs random):", "",
+                  format_table(payload["auto_check"], list(payload["auto_check"][0]))]
+    lines += ["", "AP50 per cycle, mean [95 % interval] over seeds:", "",
+              format_table([{**r, "AP50": _interval(r["AP50_mean"], r["AP50_low"], r["AP50_high"]).replace("+", "")}
+                            for r in payload["curves"]], ["pool", "strategy", "cycle", "labeled", "pct", "seeds", "AP50"]),
+              "", "Stage costs:", "",
+              format_table([{"stage": k, **v} for k, v in payload["stage_timings"].items()], ["stage", "runs", "reused", "seconds"])]
+    return "\n".join(lines) + "\n"
+
+
 # --------------------------------------------------------------------------- main
 
 
 def settings_of(args) -> dict:
-    keys = ("device", "strategies", "pool", "initial", "budget", "cycles", "preset", "teacher_iters", "finetune_iters",
-            "no_warm_start", "student_iters", "batch_size", "lr", "pl_filter", "pl_params", "ssl_scoring")
+    keys = ("pools", "strategies", "seeds", "pool", "frames", "eval_images", "initial_pct", "budget_pct", "cycles", "height",
+            "width", "preset", "backbone_weights", "teacher_iters", "student_iters", "batch_size", "pl_filter", "pl_params",
+            "device")
     return {k: getattr(args, k) for k in keys}
 
 
-def markdown(payload: dict) -> str:
-    """The results as Markdown: settings, per-cycle table, AUC@B / metric@B table, claims."""
+def finish(payload: dict, records: list[dict], out: Path, name: str) -> dict:
+    """Aggregate ``records`` into ``payload`` and write JSON, CSVs, PNG and Markdown."""
     st = payload["settings"]
-    lines = [
-        f"Command: `{payload['command']}`  ",
-        f"Machine: {payload['machine'].get('cpu_model')} ({payload['machine'].get('cpus')} CPUs), "
-        f"torch {payload['machine'].get('torch')}, CUDA: {payload['machine'].get('cuda')}; "
-        f"load average at start {payload.get('loadavg_1m_at_start')}; wall time {payload['seconds'] / 60:.1f} min  ",
-        f"Pool {st['pool']} images per variant (redundant: {st['frames']} frames per sequence; diverse: 1), "
-        f"I = {st['initial']}, B = {st['budget']}, {st['cycles']} cycles, seeds {st['seeds']}, preset {st['preset']}, "
-        f"teacher {st['teacher_iters']} it (cycle 0), {'warm-start fine-tune ' + str(st['finetune_iters']) + ' it' if not st['no_warm_start'] else 'from scratch'} "
-        f"(cycles >= 1), student {st['student_iters']} it, batch {st['batch_size']}, pseudo-labels {st['pl_filter']} {st['pl_params']}, "
-        f"X+SSL scores with the {st['ssl_scoring']}; evaluation: {st['eval_images']} held-out independent frames.",
-        "",
-        *([f"Computed over {len(payload['invocations'])} invocations on the same --work folder: "
-           + "; ".join(f"{i['command']}: {i['seconds'] / 60:.1f} min at load {i['loadavg_1m_at_start']}" for i in payload["invocations"]),
-           ""] if payload.get("invocations") else []),
-        "AP50 / AP (COCO, x100) per cycle, mean +- std over seeds:",
-        "",
-        format_table(payload["curves"], ["variant", "strategy", "cycle", "labeled", "pct", "AP50", "AP"],
-                     ["variant", "strategy", "cycle", "labels", "% pool", "AP50", "AP"]),
-        "",
-        "AUC@B (trapezoid over % of pool labeled, from the cycle-0 point; metric x percentage points) and metric@B:",
-        "",
-    ]
-    summary = payload["summary"]
-    if summary:
-        lines.append(format_table(summary, list(summary[0])))
-    lines += ["", "Stage costs (all jobs):", "",
-              format_table([{"stage": k, **v} for k, v in payload["stage_timings"].items()], ["stage", "runs", "reused", "seconds"]),
-              "", "Claims (AP50 unless stated; differences are paired per seed and cycle):", ""]
-    for variant, cl in payload["claims"].items():
-        for name, c in cl.items():
-            lines.append(f"- **{variant} / {name}**: holds = {c.get('holds')}; " + ", ".join(
-                f"{k} = {_short(v, k)}" for k, v in c.items() if k != "holds"))
-    return "\n".join(lines) + "\n"
-
-
-def _short(v, key: str = ""):
-    if "curve" not in key and isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, float) for x in v):
-        return fmt_pm(v[0], v[1], 2)
-    if isinstance(v, float):
-        return f"{v:.2f}"
-    if isinstance(v, list):
-        return "[" + ", ".join(f"{x:.1f}" if isinstance(x, float) else str(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
-    return str(v)
-
-
-def render(path: Path, args) -> dict:
-    """Re-aggregate, re-plot and re-write the Markdown of an existing results JSON."""
-    payload = json.loads(path.read_text())
-    st = payload["settings"]
-    for k in ("variants", "strategies", "seeds", "pool", "cycles"):
-        setattr(args, k, st[k])
-    curve_rows, summary, answers = aggregate(payload["records"], args)
-    payload.update(curves=curve_rows, summary=[{k: v for k, v in r.items() if not k.startswith("_")} for r in summary],
-                   claims=answers)
-    png = plot(curve_rows, args, path.with_name(path.stem + "_budget_curve.png"))
-    payload["plot"] = str(png)
-    path.write_text(json.dumps(payload, indent=2, default=float) + "\n")
-    md = path.with_suffix(".md")
-    md.write_text(markdown(payload))
-    print(md.read_text())
+    pools = [p for p in st["pools"] if any(r["pool"] == p for r in records)]
+    strategies = [s for s in st["strategies"] if any(r["strategy"] == s for r in records)]
+    st.update(pools=pools, strategies=strategies, seeds=sorted({r["seed"] for r in records}))
+    curves = curve_table(records)
+    rows = comparisons(records, pools, strategies)
+    payload.update(records=records, curves=curves, comparisons=rows, auto_check=best_fixed_check(rows, pools))
+    out.mkdir(parents=True, exist_ok=True)
+    payload["plot"] = str(plot(curves, pools, strategies, out / f"{name}_budget_curve.png").name)
+    write_results(name, payload, curves, out)
+    with open(out / f"{name}_comparisons.csv", "w") as fh:
+        cols = list(rows[0]) if rows else []
+        fh.write(",".join(cols) + "\n" + "".join(",".join(str(r[c]) for c in cols) + "\n" for r in rows))
+    (out / f"{name}.md").write_text(markdown(payload))
     return payload
+
+
+def render(path: Path) -> dict:
+    payload = json.loads(path.read_text())
+    result = finish(payload, payload["records"], path.parent, path.stem)
+    print((path.parent / f"{path.stem}.md").read_text())
+    return result
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.render:
-        return render(args.render, args)
-    started = time.time()
-    load0 = round(os.getloadavg()[0], 2)
+        return render(args.render)
+    started, load0 = time.time(), round(os.getloadavg()[0], 2)
     args.work.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("ACTIVEDET_CACHE_DIR", str(args.work / "cache"))
-    progress(f"label efficiency: variants {args.variants}, {len(args.strategies)} strategies, seeds {args.seeds}, "
-             f"pool {args.pool}, I={args.initial}, B={args.budget}, {args.cycles} cycles, work {args.work}")
+    progress(f"label efficiency: pools {args.pools}, strategies {args.strategies}, seeds {args.seeds}, work {args.work}")
     datasets = make_datasets(args)
-    settings = settings_of(args)
     threads = 1 if args.device == "cpu" and args.workers > 1 else max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    specs = [
-        {"variant": v, "seed": s, "dataset": datasets[v], "eval_dataset": datasets["eval"],
-         "work": str(args.work / v / f"seed-{s}"), "settings": settings, "threads": threads}
-        for s in args.seeds for v in args.variants
-    ]
-    if args.workers > 1 and len(specs) > 1:
-        ctx = mp.get_context("spawn")
-        with ctx.Pool(min(args.workers, len(specs)), maxtasksperchild=1) as pool:
-            results = pool.map(_job_main, specs, chunksize=1)
-    else:
-        results = [_job_main(dict(spec)) for spec in specs]
-    records = [r for res in results for r in res["records"]]
+    specs = [{"pool": p, "seed": s, "base": base_experiment(args, p, datasets[p], s), "work": str(args.work / p),
+              "strategies": list(args.strategies), "threads": threads} for s in args.seeds for p in args.pools]
+    log_path = args.work / "records.jsonl"
+    done = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     timings: dict = {}
-    for res in results:
+    jobs_done = [0]
+
+    def collect(res: dict) -> None:
+        with open(log_path, "a") as fh:
+            for r in res["records"]:
+                fh.write(json.dumps(r) + "\n")
+        done.extend(res["records"])
         for stage, t in res["timings"].items():
             agg = timings.setdefault(stage, {"runs": 0, "seconds": 0.0, "reused": 0})
             for k in agg:
                 agg[k] += t[k]
-    curve_rows, summary, answers = aggregate(records, args)
-    args.out.mkdir(parents=True, exist_ok=True)
-    png = plot(curve_rows, args, args.out / f"{args.name}_budget_curve.png")
-    payload = {
-        "benchmark": "label_efficiency", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
-        "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
-        "settings": {**settings, "variants": args.variants, "seeds": args.seeds, "frames": args.frames,
-                     "eval_images": args.eval_images, "workers": args.workers},
-        "datasets": datasets, "stage_timings": timings, "job_seconds": {f"{r['variant']}/{r['seed']}": round(r["seconds"], 1) for r in results},
-        "curves": curve_rows, "summary": [{k: v for k, v in r.items() if not k.startswith("_")} for r in summary],
-        "claims": answers, "records": records, "plot": str(png),
-    }
-    jpath, cpath = write_results(args.name, payload, [{k: v for k, v in r.items() if not k.endswith("per_seed")} for r in curve_rows], args.out)
-    spath = args.out / f"{args.name}_summary.csv"
-    _write_summary_csv(summary, spath)
-    (args.out / f"{args.name}.md").write_text(markdown(payload))
-    print()
-    print(format_table(curve_rows, ["variant", "strategy", "cycle", "labeled", "pct", "AP50", "AP"],
-                       ["variant", "strategy", "cycle", "labels", "% pool", "AP50 (mean+-std)", "AP (mean+-std)"]))
-    print()
-    cols = [k for k in summary[0] if not k.startswith("_")] if summary else []
-    print(format_table(summary, cols))
-    print()
-    print(format_table([{"stage": k, **v} for k, v in timings.items()], ["stage", "runs", "reused", "seconds"]))
-    print()
-    print(json.dumps(answers, indent=1, default=float))
-    print(f"\n{len(records)} evaluations in {payload['seconds']:.0f} s -> {jpath}, {cpath}, {spath}, {png}")
+        jobs_done[0] += 1
+        elapsed = time.time() - started
+        eta = elapsed / jobs_done[0] * (len(specs) - jobs_done[0])
+        progress(f"job {res['pool']} seed {res['seed']} done in {res['seconds'] / 60:.1f} min: {jobs_done[0]}/{len(specs)} jobs, "
+                 f"{60 * jobs_done[0] / max(elapsed, 1e-9):.2f} jobs/min, ETA {eta / 60:.0f} min")
+
+    if args.workers > 1 and len(specs) > 1:
+        with mp.get_context("spawn").Pool(min(args.workers, len(specs)), maxtasksperchild=1) as pool:
+            for res in pool.imap_unordered(_job_main, specs):
+                collect(res)
+    else:
+        for spec in specs:
+            collect(_job_main(dict(spec)))
+    # one record per (pool, seed, strategy, cycle): the newest wins (a re-run recomputes nothing but re-reports)
+    latest = {(r["pool"], r["seed"], r["strategy"], r["cycle"]): r for r in done}
+    payload = {"benchmark": "label_efficiency", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+               "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
+               "settings": settings_of(args), "datasets": datasets, "stage_timings": timings}
+    payload = finish(payload, sorted(latest.values(), key=lambda r: (r["pool"], r["seed"], _order(r["strategy"]), r["cycle"])),
+                     args.out, args.name)
+    print((args.out / f"{args.name}.md").read_text())
     return payload
-
-
-def _write_summary_csv(summary: list[dict], path: Path) -> None:
-    import csv
-
-    cols = [k for k in summary[0] if not k.startswith("_")] if summary else []
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=cols, extrasaction="ignore")
-        w.writeheader()
-        w.writerows(summary)
 
 
 if __name__ == "__main__":
