@@ -45,6 +45,15 @@ def test_accelerator_limit_2_is_one_pod_with_2_gpus_running_2_ranks(cluster_expe
     assert plan.stage_config("train-teacher", cluster_experiment, "s3://b/run", 0).devices == max(1, cluster_experiment.kubernetes.accelerator_limit)
 
 
+def test_more_gpu_ranks_than_gpus_per_pod_is_refused_at_compile(cluster_experiment, tmp_path):
+    from activedet.errors import ConfigError
+    from activedet.pipeline.dag import compile_pipeline
+
+    exp = _with(cluster_experiment, training={"devices": 4}, kubernetes={"accelerator_limit": 2})
+    with pytest.raises(ConfigError, match="training.devices: 4 training ranks need 4 GPUs.*accelerator_limit is 2"):
+        compile_pipeline(exp, str(tmp_path / "p.yaml"))
+
+
 def test_pseudo_label_shards_compile_to_a_parallel_for_and_a_merge(cluster_experiment, tmp_path, compile_docs):
     exp = _with(cluster_experiment, pseudo_labels={"shards": 3})
     spec, _, _ = compile_docs(exp, tmp_path)

@@ -112,11 +112,12 @@ def compile_continuous(config_path: str, output: str | Path, *, platform: bool =
     """
     from kfp import compiler
 
-    from activedet.pipeline.plan import check_cluster_storage
+    from activedet.pipeline.plan import check_cluster_devices, check_cluster_storage
 
     exp = load_experiment(config_path)
     if platform:
         check_cluster_storage(exp)
+        check_cluster_devices(exp)
     compiler.Compiler().compile(build_continuous(exp, platform=platform), package_path=str(output))
     return Path(output), pipeline_params(exp)
 

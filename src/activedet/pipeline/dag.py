@@ -175,9 +175,10 @@ def compile_pipeline(exp: ExperimentConfig, output: str, *, platform: bool = Tru
     """
     from kfp import compiler
 
-    from activedet.pipeline.plan import check_cluster_storage
+    from activedet.pipeline.plan import check_cluster_devices, check_cluster_storage
 
     if platform:
         check_cluster_storage(exp)
+        check_cluster_devices(exp)
     compiler.Compiler().compile(build_pipeline(exp, platform=platform), package_path=str(output))
     return str(output)

@@ -177,6 +177,16 @@ def _check_dataset(exp: ExperimentConfig) -> None:
         raise ConfigError(f"initial_size: {exp.initial_size} labels all {pool} train images of {source}: nothing left to select")
 
 
+def check_cluster_devices(exp: ExperimentConfig) -> None:
+    """On a cluster, GPU training ranks get one GPU each from the pod: ``training.devices`` <= ``accelerator_limit``."""
+    from activedet.stages.train_teacher import training_devices
+
+    devices, gpus = training_devices(exp), exp.kubernetes.accelerator_limit
+    if exp.device != "cpu" and devices > gpus:
+        raise ConfigError(f"training.devices: {devices} training ranks need {devices} GPUs per training pod, but "
+                          f"kubernetes.accelerator_limit is {gpus}; raise accelerator_limit or lower training.devices")
+
+
 def check_cluster_storage(exp: ExperimentConfig) -> None:
     """Cluster steps run in separate pods and share only the artifact store: it must be ``s3://``."""
     if not store.is_s3(exp.store_root or ""):
