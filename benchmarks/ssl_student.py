@@ -282,18 +282,18 @@ COLUMNS = ["model", "AP", "AP50", "AP - teacher", "wins", "AP - control [95% CI]
            "pseudo precision", "pseudo recall"]
 
 
-def combine(paths: list[Path], out: Path | None) -> None:
-    """Merge per-seed result files into one table, JSON, CSV and plot."""
+def combine(paths: list[Path], out: Path | None, name: str = "ssl_student") -> None:
+    """Merge per-seed result files into one table, JSON, CSV and plot (``<out>/<name>.*``)."""
     import json
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
     rows = [r for run in runs for r in run["rows"]]
     summary = summarise(rows)
     print(format_table(summary, COLUMNS))
-    settings = {**runs[0]["settings"], "seeds": sorted({r["seed"] for r in rows}), "combine": [str(p) for p in paths]}
+    settings = {**runs[0]["settings"], "seeds": sorted({r["seed"] for r in rows}), "combine": [str(p) for p in paths], "name": name}
     payload = {"settings": settings, "filter_params": runs[0]["filter_params"], "rows": rows, "summary": summary,
                "seconds": [run["seconds"] for run in runs], "machine": runs[0]["machine"]}
-    jpath, _ = write_results(settings.get("name", "ssl_student"), payload, rows, out)
+    jpath, _ = write_results(name, payload, rows, out)
     plot(rows, jpath.with_suffix(".png"))
     progress(f"combined {len(paths)} runs -> {jpath}")
 
@@ -321,7 +321,7 @@ def main() -> None:
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.combine:
-        combine(args.combine, args.out)
+        combine(args.combine, args.out, args.name)
         return
 
     import torch
