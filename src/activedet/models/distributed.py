@@ -130,6 +130,10 @@ def launch(stage: str, config, *, nprocs: int, max_restarts: int = 0) -> Any:
         with open(job, "w") as f:
             json.dump({"stage": stage, "config": config.model_dump(mode="json"), "result": result}, f)
         log.info("%s: launching %d training processes (torch.distributed elastic, standalone)", stage, nprocs)
+        # like torchrun: ranks must not each take every core (intra-op threads of N ranks oversubscribe)
+        threads = os.environ.get("OMP_NUM_THREADS")
+        if threads is None:
+            os.environ["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nprocs))
         try:
             elastic_launch(launch_config, sys.executable)("-m", "activedet.models.distributed", job)
         except ChildFailedError as exc:
@@ -138,6 +142,9 @@ def launch(stage: str, config, *, nprocs: int, max_restarts: int = 0) -> Any:
                 f"{stage}: {nprocs}-process training failed: rank {rank} exited with code "
                 f"{getattr(failure, 'exitcode', '?')} (its traceback is in the log above)"
             ) from None
+        finally:
+            if threads is None:
+                os.environ.pop("OMP_NUM_THREADS", None)
         with open(result) as f:
             return json.load(f)
 
