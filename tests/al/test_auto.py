@@ -23,13 +23,16 @@ def _video_pool(sequences: int, frames: int, dim: int = 32, jitter: float = 0.01
 
 def test_nearest_neighbours_match_brute_force():
     x = np.random.default_rng(1).normal(size=(37, 5)).astype(np.float32)
-    index, dist = nearest_neighbours(x, block=8)
+    groups = np.arange(37) // 4
+    index, dist, other = nearest_neighbours(x, groups=groups, block=8)
     full = np.linalg.norm(x[:, None] - x[None], axis=2)
     np.fill_diagonal(full, np.inf)
     assert (index == full.argmin(1)).all()
     assert dist == pytest.approx(full.min(1), abs=1e-4)
+    full[groups[:, None] == groups[None, :]] = np.inf
+    assert other == pytest.approx(full.min(1), abs=1e-4)
     some = np.array([3, 30, 7])
-    assert (nearest_neighbours(x, some, block=2)[0] == full.argmin(1)[some]).all()
+    assert (nearest_neighbours(x, some, block=2)[0] == index[some]).all()
 
 
 def test_video_frames_are_redundant_and_independent_images_are_not():
@@ -40,7 +43,23 @@ def test_video_frames_are_redundant_and_independent_images_are_not():
     assert diverse.near_duplicate_share == 0.0 and math.isnan(diverse.within_sequence_share)
     # half the pool in videos, half independent: about half is redundant
     mixed = np.r_[emb[:100], np.random.default_rng(3).normal(size=(100, 32))]
-    assert measure_redundancy(mixed).near_duplicate_share == pytest.approx(0.5, abs=0.02)
+    share = measure_redundancy(mixed, seq[:100] + [f"x{k}" for k in range(100)]).near_duplicate_share
+    assert share == pytest.approx(0.5, abs=0.02)
+
+
+def test_anisotropic_embeddings_of_independent_scenes_are_not_redundant():
+    """Pooled features share a big common component: every pair looks close next to random pairs.
+
+    The scale is the distance to the nearest *other-sequence* image, so independent frames stay
+    diverse however tight the cloud is, while sequences of near-copies inside it stay redundant.
+    """
+    rng = np.random.default_rng(7)
+    common = 10.0 * rng.normal(size=32)
+    independent = common + 0.1 * rng.normal(size=(200, 32))
+    assert measure_redundancy(independent, [f"s{k}" for k in range(200)]).near_duplicate_share < 0.05
+    scenes = common + 0.1 * rng.normal(size=(10, 32))
+    video = np.repeat(scenes, 20, axis=0) + 0.002 * rng.normal(size=(200, 32))
+    assert measure_redundancy(video, [f"s{k // 20}" for k in range(200)]).near_duplicate_share > 0.95
 
 
 def test_measure_is_scale_free_and_samples_large_pools():

@@ -36,8 +36,8 @@ Strategies:
                    rarest in the pool first, each taking its highest-``score`` image not yet
                    taken; when every class list is exhausted, the rest is filled by ``score``.
 ``auto``           chooses per cycle as Mittal et al. Table 6 recommends, from the pool's measured
-                   redundancy (:mod:`activedet.al.redundancy`: share of images whose nearest
-                   neighbour in embedding space is a near-duplicate) and the labeled share:
+                   redundancy (:mod:`activedet.al.redundancy`: share of images with a near-duplicate
+                   in embedding space, at the pool's own other-sequence distance scale) and the labeled share:
                    ``coreset`` on a redundant pool (share >= ``auto_redundant_at``), else
                    ``random`` while under ``auto_low_budget_pct`` % is labeled, else ``topk`` of
                    ``score`` (single-sample uncertainty). The measurement and the choice are in

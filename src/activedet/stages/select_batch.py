@@ -73,7 +73,7 @@ class Config(StageConfig):
     )
     auto_low_budget_pct: float = Field(5.0, ge=0.0, le=100.0, description="auto, diverse pool: random while under this % is labeled")
     auto_near_dup_ratio: float = Field(
-        0.5, gt=0.0, le=1.0, description="auto: near-duplicate when closer than this x the median random-pair embedding distance"
+        0.5, gt=0.0, le=1.0, description="auto: near-duplicate when closer than this x the median distance to the nearest other-sequence image"
     )
     split: str = Field("train", description="dataset split of the pool")
 
