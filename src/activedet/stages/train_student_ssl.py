@@ -140,7 +140,9 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
         },
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
         pseudo_labels_uri=layout.pseudo_labels(cycle), output_uri=layout.student(cycle), seed=exp.seed + cycle,
-        devices=training_devices(exp),
+        # the mean teacher runs in one process: more GPUs in the pod (accelerator_limit) do not make it refuse;
+        # an explicit training.devices > 1 still does
+        devices=1 if exp.ssl.mode == "mean_teacher" and exp.training.devices is None else training_devices(exp),
     )
 
 
