@@ -272,6 +272,7 @@ def main(argv=None) -> None:
     p.add_argument("--corr-min-score", type=float, default=0.3)
     p.add_argument("--render", action="store_true", help="only rebuild the tables and plot from finished runs")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the benchmarks/README.md block")
+    p.add_argument("--name", default="certainty_head", help="results file name (other than the default: no README block)")
     args = p.parse_args(argv)
     started = time.time()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -291,11 +292,11 @@ def main(argv=None) -> None:
         raise SystemExit(f"no finished runs under {args.work / 'runs'}")
     payload = build_payload(runs, args, started)
     args.out.mkdir(parents=True, exist_ok=True)
-    write_results("certainty_head", payload, payload["runs"], args.out)
-    plot(payload["summary"], payload["scatter"], args.out / "certainty_head.png")
-    md = render(payload)
-    (args.out / "certainty_head.md").write_text(md)
-    if args.out.resolve() == RESULTS_DIR.resolve() and not args.no_readme:
+    write_results(args.name, payload, payload["runs"], args.out)
+    plot(payload["summary"], payload["scatter"], args.out / f"{args.name}.png")
+    md = render(payload).replace("benchmarks/results/certainty_head.json", f"benchmarks/results/{args.name}.json")
+    (args.out / f"{args.name}.md").write_text(md)
+    if args.out.resolve() == RESULTS_DIR.resolve() and args.name == "certainty_head" and not args.no_readme:
         write_readme_block(md + "\n![certainty vs standard head](results/certainty_head.png)\n")
     print(md)
 
