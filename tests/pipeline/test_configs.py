@@ -68,8 +68,11 @@ def _check_outputs(exp, outcome, run_dir: Path) -> None:
     labeled = [I + k * B for k in range(exp.cycles)]
     # The ledger each cycle trained on holds I + k*B labeled images; earlier ledgers are untouched.
     assert [counts(read_ledger(lay.ledger(k))[0])["labeled"] for k in range(exp.cycles)] == labeled
-    shards = exp.acquisition.shards
+    from activedet.pipeline.plan import scores_needed
+
+    shards = exp.acquisition.shards if scores_needed(exp) else 0  # random / uniform select without scores
     assert all((run_dir / "store" / "cycle-00" / "scores" / f"shard-{i:02d}" / "_MANIFEST.json").exists() for i in range(shards))
+    assert (run_dir / "store" / "cycle-00" / "scores").exists() == bool(shards)
 
     assert [r["cycle"] for r in outcome.rows] == list(range(exp.cycles))
     assert [r["labeled"] for r in outcome.rows] == labeled
@@ -86,7 +89,7 @@ def _check_outputs(exp, outcome, run_dir: Path) -> None:
     parents = [r for r in runs if r.data.tags.get("activedet.kind") == "pipeline"]
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     parent = parents[0].info.run_id
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent and r.data.tags.get("activedet.arm") == "main"]
     assert sorted(r.data.tags["activedet.cycle"] for r in children) == [str(k) for k in range(exp.cycles)]
     for child in children:
         assert child.info.status == "FINISHED"
@@ -106,3 +109,27 @@ def _check_outputs(exp, outcome, run_dir: Path) -> None:
     parent_metrics = client.get_run(parent).data.metrics
     assert {"auc.AP", "auc.AP50", "budget_pct_final"} <= set(parent_metrics)
     assert parent_metrics["auc.AP50"] == pytest.approx(summary["label_efficiency"]["auc.AP50"])
+    _check_baselines(exp, outcome, summary, client, parent, runs, labeled)
+
+
+def _check_baselines(exp, outcome, summary, client, parent, runs, labeled) -> None:
+    """Each baseline arm: same cycle 0, its own cycles, curves and the comparison in summary, PNG and parent run."""
+    from activedet.al.selection import read_selection
+    from activedet.pipeline.layout import RunLayout
+    from activedet.pipeline.report import compare_arms
+
+    assert set(summary.get("baselines", {})) == set(exp.baselines) == set(outcome.baselines)
+    for arm in exp.baselines:
+        b = summary["baselines"][arm]
+        assert [r["cycle"] for r in b["cycles"]] == list(range(exp.cycles)) and b["cycles"][0] == summary["cycles"][0]
+        assert [r["labeled"] for r in b["cycles"]] == labeled and b["cycles"][1]["strategy"] == arm
+        assert b["vs"] == pytest.approx(compare_arms(summary["cycles"], b["cycles"]), nan_ok=True)
+        arm_lay = RunLayout(outcome.run_root, exp.arm(arm), arm)
+        assert set(read_selection(arm_lay.selection(0)).column("strategy").to_pylist()) == {arm}  # its own batch from cycle 0
+        assert arm_lay.ledger(0) == outcome.layout.ledger(0) and arm_lay.ledger(1) != outcome.layout.ledger(1)
+        arm_runs = [r for r in runs if r.data.tags.get("activedet.arm") == arm and r.data.tags.get("activedet.kind") == "cycle"]
+        assert sorted(r.data.tags["activedet.cycle"] for r in arm_runs) == [str(k) for k in range(1, exp.cycles)]
+        steps = sorted(m.step for m in client.get_metric_history(parent, f"baselines.{arm}.metrics.AP50"))
+        assert steps == labeled[1:]
+        metrics = client.get_run(parent).data.metrics
+        assert metrics[f"vs_{arm}.auc_diff.AP50"] == pytest.approx(b["vs"]["auc_diff.AP50"])

@@ -56,6 +56,14 @@ def _print_summary(outcome) -> None:
     out.write(report.format_table(outcome.rows) + "\n\n")
     if outcome.rows and outcome.rows[-1].get("reason"):
         out.write(f"stopped: {outcome.rows[-1]['reason']}\n")
+    strategy = outcome.experiment.acquisition.strategy
+    for arm, b in outcome.baselines.items():
+        out.write(f"\nbaseline arm '{arm}' (same cycle 0):\n\n" + report.format_table(b["cycles"]) + "\n\n")
+        vs = b.get("vs") or {}
+        if vs:
+            out.write(f"{strategy} vs {arm}: AUC@B of AP50 {vs.get('auc_diff.AP50', float('nan')):+.3f} (AP50 x % of pool), "
+                      f"labels saved at {arm}'s final AP50: {vs.get('labels_saved.AP50', float('nan')):+.0f} "
+                      "(this run only: one seed decides nothing; benchmarks/label_efficiency.py gives intervals)\n")
     out.write(f"outputs:      {outcome.run_root}\n")
     if outcome.budget_curve:
         out.write(f"budget curve: {outcome.budget_curve}\n")

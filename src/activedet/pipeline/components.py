@@ -29,15 +29,16 @@ def start_run(experiment: str, run_root: str) -> str:
     return steps.start_run(experiment, run_root)
 
 
-def start_cycle(experiment: str, run_root: str, cycle: int, parent_run_id: str) -> str:
-    """Create the cycle's MLflow child run; returns its id."""
+def start_cycle(experiment: str, run_root: str, cycle: int, parent_run_id: str, arm: str = "") -> str:
+    """Create the cycle's MLflow child run (of the main run, or of baseline arm ``arm``); returns its id."""
     from activedet.pipeline import steps
 
-    return steps.start_cycle(experiment, run_root, cycle, parent_run_id)
+    return steps.start_cycle(experiment, run_root, cycle, parent_run_id, arm)
 
 
 def finish_cycle(
-    experiment: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_result: str, pseudo_result: str
+    experiment: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_result: str, pseudo_result: str,
+    arm: str = "",
 ) -> NamedTuple("CycleEnd", [("proceed", bool), ("budget", int), ("summary", str)]):
     """Summary row, MLflow metrics/artifacts and the stop decision of one cycle (typed outputs).
 
@@ -49,7 +50,7 @@ def finish_cycle(
 
     from activedet.pipeline import steps
 
-    row = json.loads(steps.finish_cycle(experiment, run_root, cycle, parent_run_id, cycle_run_id, eval_result, pseudo_result))
+    row = json.loads(steps.finish_cycle(experiment, run_root, cycle, parent_run_id, cycle_run_id, eval_result, pseudo_result, arm))
     CycleEnd = NamedTuple("CycleEnd", [("proceed", bool), ("budget", int), ("summary", str)])  # noqa: UP014 (KFP reads it)
     return CycleEnd(bool(row["continue"]), int(row["budget"]), json.dumps(row))
 
@@ -80,11 +81,11 @@ def finish_run(experiment: str, run_root: str, status: dsl.PipelineTaskFinalStat
 #: glue steps around the stages (no stage of their own): CPU image
 GLUE = (start_run, start_cycle, finish_cycle, cycle_gate, export_batch, finish_run)
 
-_STAGE_COMPONENT = '''def {func}(experiment: str, run_root: str, cycle: int, cycle_run_id: str{params}) -> str:
+_STAGE_COMPONENT = '''def {func}(experiment: str, run_root: str, cycle: int, cycle_run_id: str{params}, arm: str = "") -> str:
     """activedet.stages.{func}: {summary}"""
     from activedet.pipeline import steps
 
-    return steps.run_stage({stage!r}, experiment, run_root, cycle, cycle_run_id{args})
+    return steps.run_stage({stage!r}, experiment, run_root, cycle, cycle_run_id, arm{args})
 '''
 _TYPES = {"int": int, "str": str, "float": float, "bool": bool}
 
@@ -94,7 +95,8 @@ def stage_function(stage: str):
 
     Signature: ``(experiment, run_root, cycle, cycle_run_id)`` plus the upstream values its
     ``from_experiment`` takes (score-unlabeled's ``shard``, select-batch's ``budget``), typed for
-    KFP. The source is registered with :mod:`linecache` because KFP ships a component's source.
+    KFP, and ``arm`` (a baseline arm's strategy; "" = the main run). The source is registered with
+    :mod:`linecache` because KFP ships a component's source.
     """
     import inspect
     import linecache

@@ -9,9 +9,14 @@ KFP v2 has no recursion, so the cycles are unrolled at compile time::
               (with pseudo_labels.shards > 1: generate-pseudo-labels shards (dsl.ParallelFor)
               -> merge-pseudo-labels, which filters every candidate together)
     then, inside ``dsl.If(cycle-gate == True)``:
-              score-unlabeled (dsl.ParallelFor over shards) -> merge-scores (.after the loop)
+              score-unlabeled (dsl.ParallelFor over shards; not for random / uniform) -> merge-scores
               -> select-batch -> oracle (simulated labeling) -> cycle k + 1
               (or, with ``labeling: export``, -> export-batch and the run ends: annotators take days)
+
+With ``baselines: [random]`` each baseline arm also selects from cycle 0 (same initial set, same
+cycle-0 model) inside cycle 0's ``dsl.If`` and runs its own cycles 1.. beside the main chain
+(every arm task gets ``arm``; its outputs live under ``<run_root>/baselines/<arm>/``), and
+``finish-run`` compares the curves.
 
 The last cycle stops after ``finish-cycle``; an earlier one stops when its gate says so (target
 AP reached, budget cap hit, pool empty). An exit handler (``finish-run``) writes the budget curve
@@ -28,6 +33,7 @@ from kfp import kubernetes as k8s
 from activedet import store
 from activedet.pipeline.components import is_gpu, make_components
 from activedet.pipeline.experiment import ExperimentConfig
+from activedet.pipeline.plan import scores_needed
 
 SHM_VOLUME = "dshm"
 
@@ -133,15 +139,28 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
             start = conf(c.start_run(experiment=experiment, run_root=run_root))
             init = conf(c.init(experiment=experiment, run_root=run_root, cycle=0, cycle_run_id="").after(start))
 
-            def cycle(k: int, previous: dsl.PipelineTask) -> None:
-                common = {"experiment": experiment, "run_root": run_root, "cycle": k}
+            def acquire(k: int, run_id, budget, arm: str, common: dict) -> dsl.PipelineTask | None:
+                """Score, select and label the batch after cycle ``k`` for ``arm``; the oracle task (None: exported)."""
+                select = c.select_batch(cycle_run_id=run_id, budget=budget, **common)
+                if scores_needed(exp.arm(arm) if arm else exp):  # random / uniform need no model pass over the pool
+                    tag = f"{arm}-" if arm else ""
+                    select.after(score_and_merge(c, exp, conf, name=f"{tag}score-shards-cycle-{k}", platform=platform,
+                                                 cycle_run_id=run_id, **common))
+                conf(select)
+                if exp.labeling == "export":  # annotators take days: this run ends with the export
+                    conf(c.export_batch(**{key: v for key, v in common.items() if key != "arm"}).after(select))
+                    return None
+                return conf(c.oracle(cycle_run_id=run_id, **common).after(select))
+
+            def cycle(k: int, previous: dsl.PipelineTask, arm: str = "") -> None:
+                common = {"experiment": experiment, "run_root": run_root, "cycle": k, "arm": arm}
                 sc = conf(c.start_cycle(parent_run_id=start.output, **common).after(previous))
                 run_id = sc.output
                 teacher = conf(c.train_teacher(cycle_run_id=run_id, **common))
                 last, pseudo_result = teacher, "{}"
                 if ssl:
-                    pseudo = pseudo_labels(c, exp, conf, name=f"pseudo-label-shards-cycle-{k}", platform=platform, after=teacher,
-                                           cycle_run_id=run_id, **common)
+                    pseudo = pseudo_labels(c, exp, conf, name=f"{arm + '-' if arm else ''}pseudo-label-shards-cycle-{k}",
+                                           platform=platform, after=teacher, cycle_run_id=run_id, **common)
                     student = conf(c.train_student_ssl(cycle_run_id=run_id, **common).after(pseudo))
                     last, pseudo_result = student, pseudo.output
                 ev = conf(c.evaluate(cycle_run_id=run_id, **common).after(last))
@@ -153,14 +172,13 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                 if k == exp.cycles - 1 and exp.labeling == "oracle":
                     return
                 gate = conf(c.cycle_gate(proceed=fin.outputs["proceed"]))
-                with dsl.If(gate.output == True, name=f"continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
-                    merge = score_and_merge(c, exp, conf, name=f"score-shards-cycle-{k}", platform=platform, cycle_run_id=run_id, **common)
-                    select = conf(c.select_batch(cycle_run_id=run_id, budget=fin.outputs["budget"], **common).after(merge))
-                    if exp.labeling == "export":  # annotators take days: this run ends with the export
-                        conf(c.export_batch(**common).after(select))
-                        return
-                    label = conf(c.oracle(cycle_run_id=run_id, **common).after(select))
-                    cycle(k + 1, label)
+                with dsl.If(gate.output == True, name=f"{arm + '-' if arm else ''}continue-after-cycle-{k}"):  # noqa: E712 (KFP condition)
+                    label = acquire(k, run_id, fin.outputs["budget"], arm, common)
+                    if label is not None:
+                        cycle(k + 1, label, arm)
+                    if k == 0 and not arm:  # each baseline arm selects from the shared cycle 0, then runs its own cycles
+                        for baseline in exp.baselines:
+                            cycle(1, acquire(0, run_id, fin.outputs["budget"], baseline, {**common, "arm": baseline}), baseline)
 
             cycle(0, init)
 

@@ -242,6 +242,11 @@ class ExperimentConfig(FrozenModel):
     acquisition: AcquisitionSpec = Field(default_factory=AcquisitionSpec)
     stopping: StoppingSpec = Field(default_factory=StoppingSpec)
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec)
+    baselines: list[str] = Field(
+        default_factory=list,
+        description="selection strategies run as baseline arms beside acquisition.strategy, sharing cycle 0 (same initial set "
+        "and cycle-0 model); the run's summary, budget curve and MLflow parent run compare them, e.g. [random]",
+    )
     mlflow: MlflowSpec = Field(default_factory=MlflowSpec)
     kubernetes: KubernetesSpec = Field(default_factory=KubernetesSpec)
 
@@ -250,6 +255,11 @@ class ExperimentConfig(FrozenModel):
         cap = self.stopping.budget_cap
         if cap is not None and cap < self.initial_size:
             raise ValueError(f"stopping.budget_cap ({cap}) is below initial_size ({self.initial_size})")
+        if len(set(self.baselines)) != len(self.baselines) or self.acquisition.strategy in self.baselines:
+            raise ValueError(f"baselines: {self.baselines} must be distinct and differ from acquisition.strategy "
+                             f"({self.acquisition.strategy!r})")
+        if self.baselines and self.labeling == "export":
+            raise ValueError("baselines compare strategies in simulation: they need labeling 'oracle'")
         if self.labeling == "export" and self.cycles != 1:
             raise ValueError(
                 "labeling 'export' runs one cycle per pipeline run (annotators take days): set cycles: 1 "
@@ -260,6 +270,11 @@ class ExperimentConfig(FrozenModel):
     def labeled_at(self, cycle: int) -> int:
         """Labeled images cycle ``cycle`` trains on, before any early stop."""
         return self.initial_size + cycle * self.budget
+
+    def arm(self, strategy: str) -> ExperimentConfig:
+        """The experiment of a baseline arm: the same run with ``strategy`` selecting (its own parameters unset)."""
+        acquisition = self.acquisition.model_copy(update={"strategy": strategy, "strategy_params": {}})
+        return self.model_copy(update={"acquisition": acquisition, "baselines": []})
 
     def to_json(self) -> str:
         return self.model_dump_json()

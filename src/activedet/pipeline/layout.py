@@ -18,6 +18,9 @@ components exchange only the run root (a string) and small JSON results, never b
     <run_root>/cycle-KK/export/           labeling: export -- the batch as COCO JSON + manifest
     <run_root>/summary/cycle-KK.json      one summary row per finished cycle
     <run_root>/summary/budget_curve.png   the budget curve (written when the run ends)
+    <run_root>/baselines/<arm>/...        a baseline arm (``baselines``): its selections and scores
+                                          from cycle 0 on, its ledgers, cycles and summary rows from
+                                          cycle 1 on; cycle 0 (ledger, models, eval) is the main run's
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ class RunLayout:
 
     run_root: str
     experiment: ExperimentConfig
+    arm: str = ""  # a baseline arm's strategy name; "" = the main run
+
+    @property
+    def arm_root(self) -> str:
+        """Where this arm's own outputs live (the run root for the main run)."""
+        return store.join(self.run_root, "baselines", self.arm) if self.arm else self.run_root
+
+    def _trained_root(self, cycle: int) -> str:
+        return self.run_root if cycle == 0 else self.arm_root  # every arm shares cycle 0
 
     @property
     def run_json(self) -> str:
@@ -44,10 +56,15 @@ class RunLayout:
         return self.experiment.dataset.uri or store.join(self.run_root, "dataset")
 
     def ledger(self, cycle: int) -> str:
-        return store.join(self.run_root, "ledgers", f"cycle-{cycle:02d}")
+        return store.join(self._trained_root(cycle), "ledgers", f"cycle-{cycle:02d}")
 
     def cycle_dir(self, cycle: int) -> str:
-        return store.join(self.run_root, f"cycle-{cycle:02d}")
+        """Training outputs of ``cycle`` (teacher, pseudo-labels, student, eval)."""
+        return store.join(self._trained_root(cycle), f"cycle-{cycle:02d}")
+
+    def _acquired_dir(self, cycle: int) -> str:
+        """What the arm acquires after ``cycle`` (scores, selection, export): always the arm's own."""
+        return store.join(self.arm_root, f"cycle-{cycle:02d}")
 
     def teacher(self, cycle: int) -> str:
         return store.join(self.cycle_dir(cycle), "teacher")
@@ -70,24 +87,25 @@ class RunLayout:
         return store.join(self.cycle_dir(cycle), "eval")
 
     def scores_shard(self, cycle: int, shard: int) -> str:
-        return store.join(self.cycle_dir(cycle), "scores", f"shard-{shard:02d}")
+        return store.join(self._acquired_dir(cycle), "scores", f"shard-{shard:02d}")
 
     def scores(self, cycle: int) -> str:
-        return store.join(self.cycle_dir(cycle), "scores", "merged")
+        return store.join(self._acquired_dir(cycle), "scores", "merged")
 
     def selection(self, cycle: int) -> str:
-        return store.join(self.cycle_dir(cycle), "selection")
+        return store.join(self._acquired_dir(cycle), "selection")
 
     def export(self, cycle: int) -> str:
         """Production labeling: the batch selected after ``cycle``, exported for annotators."""
-        return store.join(self.cycle_dir(cycle), "export")
+        return store.join(self._acquired_dir(cycle), "export")
 
     def summary_row(self, cycle: int) -> str:
-        return store.join(self.run_root, "summary", f"cycle-{cycle:02d}.json")
+        """The cycle's summary row (a baseline arm's cycle 0 is the main run's row)."""
+        return store.join(self._trained_root(cycle), "summary", f"cycle-{cycle:02d}.json")
 
     @property
     def summary_dir(self) -> str:
-        return store.join(self.run_root, "summary")
+        return store.join(self.arm_root, "summary")
 
     @property
     def budget_curve(self) -> str:

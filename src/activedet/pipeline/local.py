@@ -121,6 +121,7 @@ class LocalRun:
     rows: list[dict] = field(default_factory=list)
     state: str = "SUCCEEDED"
     budget_curve: Path | None = None
+    baselines: dict[str, dict] = field(default_factory=dict)  # arm -> {"cycles", "label_efficiency", "vs"} (summary.json)
 
     @property
     def layout(self) -> RunLayout:
@@ -164,6 +165,9 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None, *, verbo
         task, error = failure_summary(list(output.tail), str(exc))
         raise ActivedetError(f"stage {task} failed: {error} (full log: {log_path})") from None
     outcome.rows = report.read_rows(outcome.layout)
+    summary = store.join(outcome.layout.summary_dir, "summary.json")
+    if store.exists(summary):
+        outcome.baselines = store.read_json(summary).get("baselines") or {}
     curve = store.join(run_root, "summary", "budget_curve.png")
     if not store.is_s3(curve) and store.exists(curve):
         outcome.budget_curve = store.local_path(curve)

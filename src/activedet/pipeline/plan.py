@@ -39,6 +39,13 @@ def selects_after(exp: ExperimentConfig, cycle: int) -> bool:
     return cycle < exp.cycles - 1 or exp.labeling == "export"
 
 
+def scores_needed(exp: ExperimentConfig) -> bool:
+    """Whether the selection strategy reads a scores table (random and uniform do not)."""
+    from activedet.al.selection import required_columns
+
+    return bool(required_columns(exp.acquisition.strategy, exp.acquisition.score))
+
+
 def cycle_stages(exp: ExperimentConfig, cycle: int) -> list[tuple[str, dict[str, Any]]]:
     """The stages of cycle ``cycle`` in order, each with its upstream values (shard, budget)."""
     steps: list[tuple[str, dict[str, Any]]] = [("train-teacher", {})]
@@ -51,8 +58,10 @@ def cycle_stages(exp: ExperimentConfig, cycle: int) -> list[tuple[str, dict[str,
         steps.append(("train-student-ssl", {}))
     steps.append(("evaluate", {}))
     if selects_after(exp, cycle):
-        steps += [("score-unlabeled", {"shard": s}) for s in range(exp.acquisition.shards)]
-        steps += [("merge-scores", {}), ("select-batch", {"budget": next_budget(exp, exp.labeled_at(cycle))})]
+        if scores_needed(exp):  # random and uniform select without a model pass over the pool
+            steps += [("score-unlabeled", {"shard": s}) for s in range(exp.acquisition.shards)]
+            steps.append(("merge-scores", {}))
+        steps.append(("select-batch", {"budget": next_budget(exp, exp.labeled_at(cycle))}))
         if exp.labeling == "oracle":
             steps.append(("oracle", {}))
     return steps
@@ -66,15 +75,21 @@ def stage_config(
     *,
     tracking_uri: str | None = None,
     mlflow_run_id: str | None = None,
+    arm: str = "",
     **upstream: Any,
 ) -> StageConfig:
-    """The ``Config`` of ``stage`` in ``cycle`` (its module's ``from_experiment``, tracking fields set)."""
+    """The ``Config`` of ``stage`` in ``cycle`` (its module's ``from_experiment``, tracking fields set).
+
+    ``arm``: a baseline arm's strategy (``exp.baselines``): the arm's experiment and layout.
+    """
     from activedet.stages import stage_module
 
     module = stage_module(stage)
     if not hasattr(module, "from_experiment"):
         raise ConfigError(f"stage {stage!r} is not a pipeline stage")
-    config = module.from_experiment(exp, RunLayout(run_root, exp), cycle, **upstream)
+    if arm:
+        exp = exp.arm(arm)
+    config = module.from_experiment(exp, RunLayout(run_root, exp, arm), cycle, **upstream)
     return config.model_copy(update={"mlflow_tracking_uri": tracking_uri or None, "mlflow_run_id": mlflow_run_id or None})
 
 
@@ -82,16 +97,33 @@ def resolve(exp: ExperimentConfig, run_root: str = VALIDATION_ROOT) -> dict[str,
     """Every stage config of the run: ``{"init": {...}, "cycle-00": {stage: {...}}, ...}`` (JSON-ready).
 
     Score shards are listed once (shard 0; the others differ only in ``shard`` and ``output_uri``).
+    A baseline arm's cycles are ``"<arm>/cycle-KK"``: its selection after cycle 0, then its own cycles.
     """
     tracking = {"mlflow_tracking_uri", "mlflow_run_id"}
     out: dict[str, dict[str, Any]] = {"init": stage_config("init", exp, run_root, 0).model_dump(mode="json", exclude=tracking)}
-    for cycle in range(exp.cycles):
-        configs = {}
-        for stage, upstream in cycle_stages(exp, cycle):
-            config = stage_config(stage, exp, run_root, cycle, **upstream)
-            configs.setdefault(stage, config.model_dump(mode="json", exclude=tracking))
-        out[f"cycle-{cycle:02d}"] = configs
+    for arm in ("", *exp.baselines):
+        for cycle in range(exp.cycles):
+            configs = {}
+            for stage, upstream in arm_cycle_stages(exp, cycle, arm):
+                config = stage_config(stage, exp, run_root, cycle, arm=arm, **upstream)
+                configs.setdefault(stage, config.model_dump(mode="json", exclude=tracking))
+            if configs:
+                out[f"{arm}/cycle-{cycle:02d}" if arm else f"cycle-{cycle:02d}"] = configs
     return out
+
+
+#: the stages of a cycle that acquire the next batch (after its evaluation)
+ACQUISITION_STAGES = ("score-unlabeled", "merge-scores", "select-batch", "oracle")
+
+
+def arm_cycle_stages(exp: ExperimentConfig, cycle: int, arm: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """:func:`cycle_stages` of an arm: a baseline arm trains from cycle 1 on (cycle 0 is shared) but selects after cycle 0."""
+    if not arm:
+        return cycle_stages(exp, cycle)
+    stages = cycle_stages(exp.arm(arm), cycle)
+    if cycle == 0:
+        return [(stage, upstream) for stage, upstream in stages if stage in ACQUISITION_STAGES]
+    return stages
 
 
 def load_experiment(source: str | Path | dict, *, check: bool = True, **overrides) -> ExperimentConfig:
@@ -117,6 +149,11 @@ def validate(exp: ExperimentConfig, where: str = "experiment") -> dict[str, dict
     try:
         if exp.stopping.metric not in METRICS:
             raise ConfigError(f"stopping.metric: unknown metric {exp.stopping.metric!r}; valid: {', '.join(METRICS)}")
+        from activedet.al.selection import STRATEGIES
+
+        for name in exp.baselines:
+            if name not in STRATEGIES:
+                raise ConfigError(f"baselines: unknown selection strategy {name!r}; valid: {', '.join(STRATEGIES.names())}")
         resolved = resolve(exp)
         if not any(selects_after(exp, k) for k in range(exp.cycles)):
             # a one-cycle run never selects, but its acquisition settings must still be sound

@@ -19,8 +19,13 @@ COLUMNS = (
 
 
 def read_rows(lay: RunLayout) -> list[dict]:
-    """The summary rows of the finished cycles of a run, in cycle order."""
+    """The summary rows of the finished cycles of a run (or arm), in cycle order.
+
+    A baseline arm's curve starts from the main run's cycle-0 row: the arms share cycle 0.
+    """
     rows = [store.read_json(uri) for uri in store.list_uris(lay.summary_dir) if uri.rsplit("/", 1)[-1].startswith("cycle-") and uri.endswith(".json")]
+    if lay.arm and store.exists(lay.summary_row(0)) and not any(r["cycle"] == 0 for r in rows):
+        rows.append(store.read_json(lay.summary_row(0)))
     return sorted(rows, key=lambda r: r["cycle"])
 
 
@@ -39,22 +44,53 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
-def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budget curve") -> Path:
-    """AP and AP50 against the number of labeled images (one point per cycle)."""
+def plot_budget_curve(rows: list[dict], path: str | Path, *, title: str = "budget curve",
+                      baselines: dict[str, list[dict]] | None = None, strategy: str = "") -> Path:
+    """AP and AP50 against the number of labeled images (one point per cycle), each baseline arm dashed beside it."""
     from activedet.plots import save_png, subplots
 
     fig, ax = subplots(figsize=(6, 4))
-    xs = [r["labeled"] for r in rows]
-    for key in ("AP50", "AP"):
-        pts = [(x, r[key]) for x, r in zip(xs, rows, strict=True) if r.get(key) is not None]
-        if pts:
-            ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=key)
+    for name, curve, style in ((strategy, rows, "-"), *((b, r, "--") for b, r in (baselines or {}).items())):
+        for key, color in (("AP50", "tab:blue"), ("AP", "tab:orange")):
+            pts = [(r["labeled"], r[key]) for r in curve if r.get(key) is not None]
+            if pts:
+                label = f"{key} {name}".strip() if baselines else key
+                ax.plot([p[0] for p in pts], [p[1] for p in pts], style, marker="o", color=color, label=label,
+                        alpha=1.0 if style == "-" else 0.7)
     ax.set_xlabel("labeled images")
     ax.set_ylabel("metric")
     ax.set_title(title)
     ax.grid(True, alpha=0.3)
     ax.legend()
     return save_png(fig, path)
+
+
+def compare_arms(rows: list[dict], baseline: list[dict], *, metrics: tuple[str, ...] = ("AP", "AP50")) -> dict[str, float]:
+    """The run against one baseline arm (same cycle 0): AUC@B difference and labels saved per metric.
+
+    ``auc_diff.m``: AUC@B of the run minus the arm's, both up to the smaller final budget;
+    ``labels_saved.m``: labels the arm needed to first reach its final ``m`` minus the labels the
+    run needed to reach it (the run charged its final count when it never does); positive = the
+    run's strategy saved labels.
+    """
+    from activedet.al.budget import auc_at, labels_to_reach
+
+    def curve(rs: list[dict], m: str) -> tuple[list[float], list[float], list[int]]:
+        keep = [r for r in rs if isinstance(r.get(m), (int, float)) and r.get("unlabeled") is not None]
+        pct = [100.0 * r["labeled"] / max(r["labeled"] + r["unlabeled"], 1) for r in keep]
+        return pct, [r[m] for r in keep], [r["labeled"] for r in keep]
+
+    out: dict[str, float] = {}
+    for m in metrics:
+        (pa, ya, la), (pb, yb, lb) = curve(rows, m), curve(baseline, m)
+        if len(pa) < 1 or len(pb) < 1:
+            continue
+        upto = min(pa[-1], pb[-1])
+        out[f"auc_diff.{m}"] = auc_at(pa, ya, upto=upto) - auc_at(pb, yb, upto=upto)
+        target = yb[-1]
+        reach = labels_to_reach(la, ya, target)
+        out[f"labels_saved.{m}"] = labels_to_reach(lb, yb, target) - (reach if reach == reach else la[-1])
+    return out
 
 
 def label_efficiency(rows: list[dict], *, metrics: tuple[str, ...] = ("AP", "AP50"), target: float | None = None,

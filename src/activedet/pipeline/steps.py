@@ -63,9 +63,14 @@ def flatten_numbers(obj: Any, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _label(exp: ExperimentConfig, cycle: int) -> str:
+def _label(exp: ExperimentConfig, cycle: int, arm: str = "") -> str:
     """'cycle 0 (1/3)': the number the summary table, MLflow and the store layout use, then progress."""
-    return f"cycle {cycle} ({cycle + 1}/{exp.cycles})"
+    return (f"{arm} baseline " if arm else "") + f"cycle {cycle} ({cycle + 1}/{exp.cycles})"
+
+
+def _arm_experiment(experiment_json: str, arm: str) -> ExperimentConfig:
+    exp = experiment_from_json(experiment_json)
+    return exp.arm(arm) if arm else exp
 
 
 # --------------------------------------------------------------------------- run start / cycle start
@@ -118,23 +123,27 @@ def flatten_params(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def start_cycle(experiment_json: str, run_root: str, cycle: int, parent_run_id: str) -> str:
-    """Create (or, on a retry, find) the cycle's MLflow child run; returns its id ('' untracked)."""
+def start_cycle(experiment_json: str, run_root: str, cycle: int, parent_run_id: str, arm: str = "") -> str:
+    """Create (or, on a retry, find) the cycle's MLflow child run; returns its id ('' untracked).
+
+    ``arm``: a baseline arm's strategy (its cycle runs are tagged ``activedet.arm``).
+    """
     setup_logging()
-    exp = experiment_from_json(experiment_json)
-    log.info("▶ %s: training on %d labeled images (target)", _label(exp, cycle), exp.labeled_at(cycle))
+    exp = _arm_experiment(experiment_json, arm)
+    log.info("▶ %s: training on %d labeled images (target)", _label(exp, cycle, arm), exp.labeled_at(cycle))
     uri = tracking_uri(exp)
     if not uri or not parent_run_id:
         return ""
     client = _client(uri)
     exp_id = client.get_run(parent_run_id).info.experiment_id
     existing = client.search_runs(
-        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`activedet.cycle` = '{cycle}'"
+        [exp_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}' and tags.`activedet.cycle` = '{cycle}' "
+        f"and tags.`activedet.arm` = '{arm or 'main'}'"
     )
     if existing:
         return existing[0].info.run_id
-    tags = {"mlflow.parentRunId": parent_run_id, "activedet.cycle": str(cycle), "activedet.kind": "cycle"}
-    run = client.create_run(exp_id, run_name=f"{exp.name}-cycle-{cycle:02d}", tags=tags)
+    tags = {"mlflow.parentRunId": parent_run_id, "activedet.cycle": str(cycle), "activedet.kind": "cycle", "activedet.arm": arm or "main"}
+    run = client.create_run(exp_id, run_name=f"{exp.name}-{arm + '-' if arm else ''}cycle-{cycle:02d}", tags=tags)
     params = {
         "cycle": cycle,
         "seed": exp.seed,
@@ -155,7 +164,7 @@ def start_cycle(experiment_json: str, run_root: str, cycle: int, parent_run_id: 
 # --------------------------------------------------------------------------- stages
 
 
-def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle_run_id: str = "", **upstream) -> str:
+def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle_run_id: str = "", arm: str = "", **upstream) -> str:
     """Run one stage of one cycle: its module's ``from_experiment`` builds the ``Config``, then ``run``.
 
     ``upstream``: the values the stage's ``from_experiment`` takes from the DAG (score-unlabeled's
@@ -169,13 +178,13 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     exp = experiment_from_json(experiment_json)
     uri = tracking_uri(exp)
     shard = upstream.get("shard")
-    stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard) if uri and cycle_run_id else ""
+    stage_run = _start_stage_run(uri, cycle_run_id, stage, cycle, shard, arm) if uri and cycle_run_id else ""
     module = stage_module(stage)
     config = plan.stage_config(
-        stage, exp, run_root, cycle, tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None, **upstream
+        stage, exp, run_root, cycle, tracking_uri=uri if stage_run else None, mlflow_run_id=stage_run or None, arm=arm, **upstream
     )
     shards = exp.pseudo_labels.shards if stage == "generate-pseudo-labels" else exp.acquisition.shards
-    where = f"{_label(exp, cycle)} {stage}" + (f" shard {shard + 1}/{shards}" if shard is not None else "")
+    where = f"{_label(exp, cycle, arm)} {stage}" + (f" shard {shard + 1}/{shards}" if shard is not None else "")
     log.info("▶ %s: started", where)
     t0 = time.monotonic()
     try:
@@ -196,10 +205,10 @@ def run_stage(stage: str, experiment_json: str, run_root: str, cycle: int, cycle
     return json.dumps(payload, default=str)
 
 
-def _start_stage_run(uri: str, cycle_run_id: str, stage: str, cycle: int, shard: int | None) -> str:
+def _start_stage_run(uri: str, cycle_run_id: str, stage: str, cycle: int, shard: int | None, arm: str = "") -> str:
     client = _client(uri)
     exp_id = client.get_run(cycle_run_id).info.experiment_id
-    name = f"cycle-{cycle:02d}-{stage}" + (f"-{shard:02d}" if shard is not None else "")
+    name = (f"{arm}-" if arm else "") + f"cycle-{cycle:02d}-{stage}" + (f"-{shard:02d}" if shard is not None else "")
     tags = {"mlflow.parentRunId": cycle_run_id, "activedet.kind": "stage", "activedet.stage": stage}
     return client.create_run(exp_id, run_name=name, tags=tags).info.run_id
 
@@ -247,9 +256,13 @@ def _pseudo_count(result: dict) -> int | None:
 
 
 def finish_cycle(
-    experiment_json: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_json: str, pseudo_json: str
+    experiment_json: str, run_root: str, cycle: int, parent_run_id: str, cycle_run_id: str, eval_json: str, pseudo_json: str,
+    arm: str = "",
 ) -> str:
     """Summarise the cycle (store row, MLflow metrics and artifacts) and decide whether to go on.
+
+    ``arm``: a baseline arm's cycle (its row goes to the arm's summary, its curve to the parent run
+    as ``baselines.<arm>.metrics.*``).
 
     Returns JSON ``{"continue": bool, "budget": int, "reason": str, ...row}``; the pipeline reads
     the ``continue`` flag through :func:`gate`.
@@ -257,8 +270,8 @@ def finish_cycle(
     from activedet.al.ledger import counts, read_ledger
 
     setup_logging()
-    exp = experiment_from_json(experiment_json)
-    lay = RunLayout(run_root, exp)
+    exp = _arm_experiment(experiment_json, arm)
+    lay = RunLayout(run_root, exp, arm)
     ledger, _ = read_ledger(lay.ledger(cycle))
     state_counts = counts(ledger)
     labeled = state_counts["labeled"]
@@ -277,9 +290,9 @@ def finish_cycle(
     budget = plan.next_budget(exp, labeled)
     row.update({"continue": reason is None, "reason": reason or "", "budget": budget})
     store.write_json(lay.summary_row(cycle), row)
-    _track_cycle(exp, parent_run_id, cycle_run_id, row, metrics, pseudo, lay.eval(cycle))
+    _track_cycle(exp, parent_run_id, cycle_run_id, row, metrics, pseudo, lay.eval(cycle), arm)
     ap = ", ".join(f"{k}={row[k]:.3f}" for k in ("AP", "AP50") if k in row)
-    log.info("✔ %s: %d labeled, %s%s", _label(exp, cycle), labeled, ap or "no AP", f"; stopping: {reason}" if reason else "")
+    log.info("✔ %s: %d labeled, %s%s", _label(exp, cycle, arm), labeled, ap or "no AP", f"; stopping: {reason}" if reason else "")
     return json.dumps(row)
 
 
@@ -298,7 +311,8 @@ def _stop_reason(exp: ExperimentConfig, cycle: int, row: dict, metrics: dict) ->
 
 
 def _track_cycle(
-    exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, row: dict, metrics: dict, pseudo: dict, eval_uri: str
+    exp: ExperimentConfig, parent_run_id: str, cycle_run_id: str, row: dict, metrics: dict, pseudo: dict, eval_uri: str,
+    arm: str = "",
 ) -> None:
     uri = tracking_uri(exp)
     if not uri or not cycle_run_id:
@@ -322,6 +336,8 @@ def _track_cycle(
     if parent_run_id:
         curve = {f"metrics.{k}": row[k] for k in ("AP", "AP50", "AP75") if isinstance(row.get(k), (int, float))}
         curve["labeled_count"] = row["labeled"]
+        if arm:  # a baseline arm's curve beside the run's own, same steps (labeled count)
+            curve = {f"baselines.{arm}.{k}": v for k, v in curve.items()}
         _log_metrics(client, parent_run_id, curve, step=row["labeled"])
 
 
@@ -338,23 +354,36 @@ def finish_run(experiment_json: str, run_root: str, state: str) -> str:
     exp = experiment_from_json(experiment_json)
     lay = RunLayout(run_root, exp)
     rows = report.read_rows(lay)
+    def efficiency_of(curve: list[dict]) -> dict[str, float]:
+        return report.label_efficiency(curve, target=exp.stopping.target_ap, target_metric=exp.stopping.metric,
+                                       budgets=exp.evaluation.budgets_pct)
+
+    efficiency = efficiency_of(rows)
+    arms = {arm: report.read_rows(RunLayout(run_root, exp.arm(arm), arm)) for arm in exp.baselines}
+    baselines = {arm: {"cycles": curve, "label_efficiency": efficiency_of(curve), "vs": report.compare_arms(rows, curve)}
+                 for arm, curve in arms.items()}
+    numbers = dict(efficiency)
+    for arm, b in baselines.items():  # the arm's own figures and the run against it, on the parent run
+        numbers.update({f"baselines.{arm}.{k}": v for k, v in b["label_efficiency"].items()})
+        numbers.update({f"vs_{arm}.{k}": v for k, v in b["vs"].items()})
+        log.info("■ %s vs %s baseline: %s", exp.acquisition.strategy, arm,
+                 ", ".join(f"{k} {v:+.3f}" for k, v in b["vs"].items() if k.endswith("AP50")) or "no common cycles")
     with tempfile.TemporaryDirectory() as tmp:
         png = Path(tmp) / "budget_curve.png"
         summary = Path(tmp) / "summary.json"
-        target = exp.stopping.target_ap
-        efficiency = report.label_efficiency(rows, target=target, target_metric=exp.stopping.metric,
-                                             budgets=exp.evaluation.budgets_pct)
-        summary.write_text(json.dumps({"state": state, "cycles": rows, "label_efficiency": efficiency}, indent=2, default=str))
+        payload = {"state": state, "cycles": rows, "label_efficiency": efficiency, **({"baselines": baselines} if baselines else {})}
+        summary.write_text(json.dumps(payload, indent=2, default=str))
         store.upload(summary, store.join(lay.summary_dir, "summary.json"))
         if rows:
-            report.plot_budget_curve(rows, png, title=f"{exp.name}: {exp.acquisition.strategy}")
+            report.plot_budget_curve(rows, png, title=f"{exp.name}: {exp.acquisition.strategy}"
+                                     + "".join(f" vs {a}" for a in arms), baselines=arms, strategy=exp.acquisition.strategy)
             store.upload(png, lay.budget_curve)
         info = store.read_json(lay.run_json) if store.exists(lay.run_json) else {}
         parent, uri = info.get("parent_run_id"), info.get("tracking_uri")
         if parent and uri:
             client = _client(uri)
             client.log_artifact(parent, str(summary))
-            _log_metrics(client, parent, {k: v for k, v in efficiency.items() if v == v}, step=0)  # NaN: never reached
+            _log_metrics(client, parent, {k: v for k, v in numbers.items() if v == v}, step=0)  # NaN: never reached
             if rows:
                 client.log_artifact(parent, str(png))
             client.set_terminated(parent, "FINISHED" if state.upper() in ("SUCCEEDED", "SUCCESS") else "FAILED")

@@ -35,6 +35,7 @@ from activedet.al.selection import (  # noqa: F401 (read_selection: re-exported 
     SelectionInput,
     SelectionParams,
     read_selection,
+    required_columns,
     select,
 )
 from activedet.config import StageConfig, config_from
@@ -97,7 +98,8 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, budget
         Config, exp, where=f"{NAME} (cycle {cycle})",
         fields={"strategy": "acquisition.strategy", "score": "acquisition.score", "seed": "seed", "device": "device"},
         spread=("acquisition.strategy_params",),
-        dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), scores_uri=layout.scores(cycle),
+        dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
+        scores_uri=layout.scores(cycle) if required_columns(acq.strategy, acq.score) else None,
         output_uri=layout.selection(cycle), budget=exp.budget if budget is None else budget, cycle=cycle + 1,
     )
 
