@@ -17,12 +17,11 @@ import argparse
 import json
 import math
 import sys
-from collections import defaultdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from activedet.al.budget import MIN_PAIRS  # noqa: E402
-from common import RESULTS_DIR, auc_at, paired_bootstrap, verdict  # noqa: E402
+from common import RESULTS_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -53,143 +52,69 @@ def _table(headers: list[str], rows: list[list]) -> str:
 
 # --------------------------------------------------------------------------- label efficiency
 
-
-def _per_seed(records: list[dict], variant: str, strategy: str, metric: str) -> dict[int, list[tuple[float, float]]]:
-    curves: dict[int, list[tuple[float, float]]] = defaultdict(list)
-    for r in records:
-        if r["variant"] == variant and r["strategy"] == strategy and r.get(metric) is not None:
-            curves[r["seed"]].append((r["pct"], r[metric]))
-    return {s: sorted(c) for s, c in curves.items()}
-
-
-def _auc_by_seed(records, variant, strategy, metric="AP50") -> dict[int, float]:
-    return {s: auc_at([b for b, _ in c], [p for _, p in c]) for s, c in _per_seed(records, variant, strategy, metric).items()}
-
-
-def _paired(a: dict[int, float], b: dict[int, float]) -> tuple[float, float, float, int]:
-    seeds = sorted(set(a) & set(b))
-    return (*paired_bootstrap([a[s] - b[s] for s in seeds]), len(seeds))
-
-
-def _cycle0(records, variant, strategy, metric="AP50") -> dict[int, float]:
-    return {r["seed"]: r[metric] for r in records if r["variant"] == variant and r["strategy"] == strategy
-            and r["cycle"] == 0 and r.get(metric) is not None}
-
-
-LE_CLAIMS = (
-    ("SSL student beats the supervised control at cycle 0 (AP50)", "cycle0", "random+ssl", "supervised control"),
-    ("unified (Elezi) beats random (AUC of AP50)", "auc", "unified", "random"),
-    ("core-set beats entropy (AUC of AP50)", "auc", "coreset", "entropy"),
-    ("unified+SSL beats random (AUC of AP50)", "auc", "unified+ssl", "random"),
-)
-
-
-def label_efficiency_claims(le: dict) -> list[dict]:
-    """One row per claim and pool variant: mean paired difference, 95 % interval, verdict."""
-    rows = []
-    for text, kind, a, b in LE_CLAIMS:
-        for variant in le["settings"]["variants"]:
-            if kind == "auc":
-                mean, lo, hi, n = _paired(_auc_by_seed(le["records"], variant, a), _auc_by_seed(le["records"], variant, b))
-            else:  # the control is trained as many iterations as the student, on the labeled images only
-                mean, lo, hi, n = _paired(_cycle0(le["records"], variant, a), _control(le, variant))
-            rows.append({"claim": text, "variant": variant, "mean": mean, "lo": lo, "hi": hi, "seeds": n,
-                         "verdict": verdict(lo, hi, n)})
-    return rows
-
-
-def _control(le: dict, variant: str) -> dict[int, float]:
-    """Per-seed AP50 of the supervised control (stored in the curves table, not the records)."""
-    for c in le["curves"]:
-        if c["variant"] == variant and c["strategy"] == "supervised control" and c["cycle"] == 0:
-            return {int(s): v for s, v in c["AP50_per_seed"].items()}
-    return {}
+QUANTITIES = (("auc", "AUC@B of AP50"), ("final", "AP50@B"), ("labels_saved", "labels saved at random's final AP50"))
 
 
 def _le_settings(le: dict) -> str:
     s = le["settings"]
-    final = s["initial"] + s["cycles"] * s["budget"]
+    weights = "" if s["backbone_weights"] == "none" else f" from {s['backbone_weights']} weights"
+    pools = ", ".join(f"`{p}`" for p in s["pools"])
     return (
-        f"SynthDrive pools of {s['pool']} images (*redundant*: sequences of {s['frames']} near-duplicate frames; "
-        f"*diverse*: one frame per sequence), I = B = {s['initial']} (cycles 0-{s['cycles']}: "
-        f"{100 * s['initial'] / s['pool']:.0f}-{100 * final / s['pool']:.0f} % labeled), seeds {s['seeds']}, "
-        f"`{s['preset']}` detector on CPU, AP50 (x100) on {s['eval_images']} held-out frames."
+        f"Pools {pools} (SynthDrive: {s['pool']} frames{', in sequences of ' + str(s['frames']) + ' near-duplicates' if 'synth-redundant' in s['pools'] else ''}; "
+        f"AP50 x100 on the pool's held-out set), I = {s['initial_pct']:g} % and B = {s['budget_pct']:g} % of the pool, {s['cycles']} cycles, "
+        f"seeds {s['seeds']}, `{s['preset']}`{weights} on CPU, {s['teacher_iters']} teacher iterations from scratch every cycle. "
+        "Every stage runs the config its `from_experiment` builds from the experiment (the product's defaults), in-process."
     )
 
 
-def _le_differences(le: dict) -> str:
-    s = le["settings"]
-    return (
-        f"How this benchmark differs from the product's defaults (so read it as evidence about the methods "
-        f"at this size, not about a default run): cycle 0 trains {s['teacher_iters']} teacher iterations, later "
-        f"cycles {'fine-tune the previous teacher for ' + str(s['finetune_iters']) + ' iterations (warm start)' if not s['no_warm_start'] else 'retrain from scratch'}"
-        f" while the product retrains every cycle from scratch (`training.warm_start: false`); X+SSL selects with "
-        f"X's {s['ssl_scoring']} while the product scores with the cycle's published model; budgets are "
-        f"{100 * s['budget'] / s['pool']:.0f} % of a {s['pool']}-image pool per cycle."
-    )
+def _le_table(le: dict) -> str:
+    by = {(r["pool"], r["strategy"], r["quantity"]): r for r in le["comparisons"] if r["metric"] == "AP50"}
+    rows = []
+    for pool in le["settings"]["pools"]:
+        for strategy in le["settings"]["strategies"]:
+            if (pool, strategy, "auc") not in by:
+                continue
+            cells = [by[(pool, strategy, q)] for q, _ in QUANTITIES]
+            rows.append([pool, f"{strategy} - random", cells[0]["seeds"],
+                         *[f"{c['verdict']}: {_interval(c['mean'], c['low'], c['high'])}" for c in cells]])
+    return _table(["pool", "paired difference", "seeds", *[f"{t} (95 % interval)" for _, t in QUANTITIES]], rows)
 
 
-def _claims_table(rows: list[dict], variants: list[str]) -> str:
-    by = {(r["claim"], r["variant"]): r for r in rows}
-    out = []
-    for text, *_ in LE_CLAIMS:
-        cells = [text]
-        for v in variants:
-            r = by[(text, v)]
-            cells.append(f"{r['verdict']}: {_interval(r['mean'], r['lo'], r['hi'])} ({r['seeds']} seeds)")
-        out.append(cells)
-    return _table(["claim (paired difference, 95 % bootstrap interval)", *variants], out)
-
-
-def _plain_verdict(rows: list[dict]) -> str:
-    held = [f"{r['claim']} on the {r['variant']} pool" for r in rows if r["verdict"] == "holds"]
-    reversed_ = [f"{r['claim']} on the {r['variant']} pool" for r in rows if r["verdict"] == "reversed"]
-    parts = []
-    parts.append("Holds (interval above zero): " + ("; ".join(held) if held else "none") + ".")
-    if reversed_:
-        parts.append("Reversed (interval below zero): " + "; ".join(reversed_) + ".")
+def _le_plain(le: dict) -> str:
+    rows = [r for r in le["comparisons"] if r["metric"] == "AP50"]
+    label = {q: t for q, t in QUANTITIES}
+    held = [f"{r['strategy']} beats random on {label[r['quantity']]} ({r['pool']})" for r in rows if r["verdict"] == "holds"]
+    rev = [f"{r['strategy']} loses to random on {label[r['quantity']]} ({r['pool']})" for r in rows if r["verdict"] == "reversed"]
+    parts = ["Holds (interval above zero, at least 5 seeds): " + ("; ".join(held) if held else "nothing") + "."]
+    if rev:
+        parts.append("Reversed (interval below zero): " + "; ".join(rev) + ".")
     few = [r for r in rows if r["verdict"].startswith("too few")]
-    if few:
-        parts.append(f"{len(few)} of {len(rows)} comparisons have fewer than {MIN_PAIRS} paired seeds, so their intervals "
-                     "(shown) are indicative only and settle nothing.")
-    else:
-        parts.append("Everything else is undecided.")
+    parts.append(f"{len(few)} of {len(rows)} comparisons have fewer than {MIN_PAIRS} paired seeds and settle nothing."
+                 if few else "Everything else is undecided.")
+    for check in le.get("auto_check") or []:
+        parts.append(f"`auto` on {check['pool']}: best fixed strategy {check['best_fixed']}; within its interval: "
+                     f"{check['auto_within_best']}.")
     return " ".join(parts)
 
 
 def label_efficiency_section(le: dict | None, *, image_prefix: str, detail: bool) -> str:
     if le is None:
         return "### Label efficiency\n\nNo committed `benchmarks/results/label_efficiency.json`.\n"
-    rows = label_efficiency_claims(le)
-    variants = le["settings"]["variants"]
-    out = [
-        "### Label efficiency",
-        "",
-        f"`benchmarks/{le['command']}`. " + _le_settings(le),
-        "",
-        _claims_table(rows, variants),
-        "",
-        _plain_verdict(rows),
-        "",
-        _le_differences(le),
-        "",
-        f"![budget curves]({image_prefix}benchmarks/results/label_efficiency_budget_curve.png)",
-        "",
-    ]
+    note = f" Note: {le['note']}." if le.get("note") else ""
+    best = max((c["AP50_mean"] for c in le["curves"]), default=float("nan"))
+    level = (f"The highest mean AP50 (x100) of any strategy at any cycle is {_f(best)}: read the differences against "
+             "that level.")
+    out = ["### Label efficiency", "", f"`benchmarks/{le['command']}`. " + _le_settings(le) + note, "", _le_table(le), "",
+           _le_plain(le) + " " + level, "", f"![budget curves]({image_prefix}benchmarks/results/{le['plot']})", ""]
     if detail:
-        out += ["AP50 (x100) per cycle, mean over seeds:", "", _curve_table(le), ""]
+        out += ["AP50 (x100) per cycle, mean [95 % interval] over seeds:", "", _curve_table(le), ""]
     return "\n".join(out)
 
 
 def _curve_table(le: dict) -> str:
-    cycles = sorted({c["cycle"] for c in le["curves"]})
-    rows = []
-    for c in le["curves"]:
-        if c["cycle"] == 0:
-            key = (c["variant"], c["strategy"])
-            vals = {x["cycle"]: x["AP50"] for x in le["curves"] if (x["variant"], x["strategy"]) == key}
-            rows.append([c["variant"], c["strategy"], *[vals.get(k, "") for k in cycles]])
-    return _table(["pool", "strategy", *[f"cycle {k}" for k in cycles]], rows)
+    rows = [[c["pool"], c["strategy"], c["cycle"], c["labeled"], c["seeds"],
+             _interval(c["AP50_mean"], c["AP50_low"], c["AP50_high"]), c.get("auto_choices", "")] for c in le["curves"]]
+    return _table(["pool", "strategy", "cycle", "labels", "seeds", "AP50", "auto chose"], rows)
 
 
 # --------------------------------------------------------------------------- other benchmarks
