@@ -50,7 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from activedet.errors import ConfigError
-from activedet.models.roi_heads import WeightedRoIHeads
+from activedet.models.roi_heads import WeightedRoIHeads, sampling_settings
 
 BOX_HEADS = ("standard", "certainty")
 #: preset options every preset accepts (the box head is independent of the backbone), with defaults
@@ -230,14 +230,7 @@ def apply_box_head(model: nn.Module, **options: Any) -> nn.Module:
         box_roi_pool=old.box_roi_pool,
         box_head=old.box_head,
         box_predictor=CertaintyPredictor(cls.in_features, cls.out_features, opts["intervals"]),
-        fg_iou_thresh=old.proposal_matcher.high_threshold,
-        bg_iou_thresh=old.proposal_matcher.low_threshold,
-        batch_size_per_image=old.fg_bg_sampler.batch_size_per_image,
-        positive_fraction=old.fg_bg_sampler.positive_fraction,
-        bbox_reg_weights=old.box_coder.weights,
-        score_thresh=old.score_thresh,
-        nms_thresh=old.nms_thresh,
-        detections_per_img=old.detections_per_img,
+        **sampling_settings(old),
         intervals=opts["intervals"],
         segment_span=opts["segment_span"],
         quality_nms=bool(opts["quality_nms"]),

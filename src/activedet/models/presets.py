@@ -54,7 +54,7 @@ from torchvision.models.detection.rpn import AnchorGenerator
 from torchvision.ops import MultiScaleRoIAlign
 
 from activedet.errors import ConfigError
-from activedet.models.roi_heads import DropoutTwoMLPHead, WeightedRoIHeads
+from activedet.models.roi_heads import DropoutTwoMLPHead, WeightedRoIHeads, sampling_settings
 from activedet.registry import Registry
 
 PRESETS: Registry[Callable[..., FasterRCNN]] = Registry("detector preset")
@@ -175,14 +175,7 @@ def _swap_heads(model: FasterRCNN, *, dropout_p: float, train_dropout: bool, rep
         box_roi_pool=pool,
         box_head=head,
         box_predictor=FastRCNNPredictor(representation, num_classes),
-        fg_iou_thresh=old.proposal_matcher.high_threshold,
-        bg_iou_thresh=old.proposal_matcher.low_threshold,
-        batch_size_per_image=old.fg_bg_sampler.batch_size_per_image,
-        positive_fraction=old.fg_bg_sampler.positive_fraction,
-        bbox_reg_weights=old.box_coder.weights,
-        score_thresh=old.score_thresh,
-        nms_thresh=old.nms_thresh,
-        detections_per_img=old.detections_per_img,
+        **sampling_settings(old),
     )
     return model
 

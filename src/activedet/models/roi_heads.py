@@ -109,6 +109,21 @@ def weighted_fastrcnn_loss(
     return cls_loss, box_loss
 
 
+def sampling_settings(roi_heads) -> dict:
+    """The proposal matching, sampling and post-processing settings of a torchvision ``RoIHeads``, as
+    constructor keywords: a replacement head keeps what the original was built with."""
+    return {
+        "fg_iou_thresh": roi_heads.proposal_matcher.high_threshold,
+        "bg_iou_thresh": roi_heads.proposal_matcher.low_threshold,
+        "batch_size_per_image": roi_heads.fg_bg_sampler.batch_size_per_image,
+        "positive_fraction": roi_heads.fg_bg_sampler.positive_fraction,
+        "bbox_reg_weights": roi_heads.box_coder.weights,
+        "score_thresh": roi_heads.score_thresh,
+        "nms_thresh": roi_heads.nms_thresh,
+        "detections_per_img": roi_heads.detections_per_img,
+    }
+
+
 class WeightedRoIHeads(RoIHeads):
     """RoIHeads with per-box loss weights, kept class distributions and optional pre-NMS output.
 
