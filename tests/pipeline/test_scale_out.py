@@ -43,9 +43,9 @@ def test_accelerator_limit_2_is_one_pod_with_2_gpus_running_2_ranks(cluster_expe
     # training.devices wins over the accelerator count; 1 GPU -> 1 process
     assert plan.stage_config("train-teacher", _with(exp, training={"devices": 1}), "s3://b/run", 0).devices == 1
     assert plan.stage_config("train-teacher", cluster_experiment, "s3://b/run", 0).devices == max(1, cluster_experiment.kubernetes.accelerator_limit)
-    # the mean-teacher student runs in one process even in a 2-GPU pod; the teacher still gets 2 ranks
+    # the mean-teacher student runs N ranks too (issue 18), like the offline one
     mt = _with(exp, ssl={"mode": "mean_teacher"})
-    assert plan.stage_config("train-student-ssl", mt, "s3://b/run", 0).devices == 1
+    assert plan.stage_config("train-student-ssl", mt, "s3://b/run", 0).devices == 2
     assert plan.stage_config("train-teacher", mt, "s3://b/run", 0).devices == 2
 
 

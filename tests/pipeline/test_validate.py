@@ -36,6 +36,8 @@ BAD = [
     ({"device": "tpu"}, "device"),
     ({"dataset": {"uri": "/nonexistent/activedet/data"}}, "dataset.uri"),
     ({"initial_size": 5000}, "initial_size"),
+    ({"ssl": {"mode": "mean_teacher", "mean_teacher": {"thresholds": "dynamik"}}}, "ssl.mean_teacher.thresholds"),
+    ({"ssl": {"mode": "mean_teacher", "mean_teacher": {"dynamic": {"tau_min": 0.95}}}}, "ssl.mean_teacher.dynamic"),
 ]
 
 

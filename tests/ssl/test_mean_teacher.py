@@ -179,6 +179,54 @@ def test_uncertain_boxes_give_no_regression_loss_in_rpn_and_roi_head(pair):
     student.zero_grad()
 
 
+def test_certainty_head_gets_soft_targets_and_no_localization_loss_from_uncertain_boxes():
+    def make(seed):
+        torch.manual_seed(seed)
+        return build_detector("tiny", category_ids=[1, 2], class_names=["a", "b"], dropout_p=0.0, min_size=64, max_size=128,
+                              box_head="certainty", intervals=4).model
+
+    student, teacher = make(0).train(), make(1).eval()
+    teacher.roi_heads.keep_pre_nms = True
+    g = torch.Generator().manual_seed(3)
+    weak = [torch.rand(3, 64, 128, generator=g) for _ in range(2)]
+    strong = [w.flip(0) for w in weak]
+    seen = []
+
+    def run(act):
+        torch.manual_seed(11)
+        return mt.unsupervised_losses(student, teacher, strong, weak, act, 2, rplm=False, observe=seen.append)
+
+    uncertain, pseudo, _ = run(_act(0.0, None))
+    assert sum(len(p["labels"]) for p in pseudo) > 0 and not any(p["regress"].any() for p in pseudo)
+    assert "loc_quality" in seen[0][0]  # the teacher's v reaches the online statistics
+    assert uncertain["loss_box_interval"] == 0 and uncertain["loss_box_refine"] == 0 and uncertain["loss_rpn_box_reg"] == 0
+    assert uncertain["loss_classifier"] > 0 and "loss_box_reg" not in uncertain
+    student.zero_grad()
+    sum(run(_act(0.0, None))[0].values()).backward()
+    head = student.roi_heads.box_predictor
+    assert float(head.side_logits.weight.grad.abs().sum()) == 0 and float(head.side_offsets.weight.grad.abs().sum()) == 0
+    assert float(head.cls_score.weight.grad.abs().sum()) > 0
+    student.zero_grad()
+    reliable, pseudo, _ = run(_act(0.0, 0.0))  # the same boxes, all reliable: full interval + refinement losses
+    assert all(p["regress"].all() for p in pseudo)
+    assert reliable["loss_box_interval"] > 0 and reliable["loss_box_refine"] > 0
+    # the uncertain boxes' proposals learn the teacher's distribution (soft CE), not their hard class
+    image = weak[0]
+    feats_s, il = _features(student, [image])
+    with torch.no_grad():
+        feats_t, _ = _features(teacher, [image])
+    target = {"boxes": torch.tensor([[70.0, 10, 120, 60]]), "labels": torch.tensor([2]), "regress": torch.tensor([False]),
+              "soft": torch.tensor([True]), "weights": torch.ones(1)}
+    jitter = torch.tensor([[0.0, 0, 0, 0], [2, 1, -1, 2], [-2, 2, 3, -1]])
+    torch.manual_seed(5)
+    samples = mt.sample_rois(student.roi_heads, [target["boxes"][0] + jitter], [target])
+    soft = mt.soft_targets(teacher.roi_heads, feats_t, samples, il.image_sizes)
+    assert samples.soft.any() and soft.shape == (int(samples.soft.sum()), 3)
+    losses = mt.roi_losses(student.roi_heads, feats_s, il.image_sizes, samples, soft)
+    other = mt.roi_losses(student.roi_heads, feats_s, il.image_sizes, samples, torch.full_like(soft, 1 / 3))
+    assert losses["loss_box_interval"] == 0 and not torch.isclose(losses["loss_classifier"], other["loss_classifier"])
+
+
 def test_batch_stats_precision_recall_against_ground_truth():
     pseudo = [{"boxes": torch.tensor([[0.0, 0, 10, 10], [50, 50, 60, 60]]), "labels": torch.tensor([1, 2]),
                "scores": torch.tensor([0.9, 0.8]), "regress": torch.tensor([True, False]), "promoted": torch.tensor(0)}]
@@ -190,22 +238,83 @@ def test_batch_stats_precision_recall_against_ground_truth():
     assert s["pseudo_precision"] == 0.5 and s["pseudo_recall"] == 0.5 and s["pseudo_class_kl"] > 0
 
 
-def test_resume_state_round_trip(pair, tmp_path):
+def _dets(labels, scores, quality=None):
+    d = {"labels": torch.tensor(labels), "scores": torch.tensor(scores),
+         "boxes": torch.tensor([[0.0, 0, 10, 10]] * len(labels)).reshape(-1, 4)}
+    return d | ({"loc_quality": torch.tensor(quality)} if quality is not None else {})
+
+
+def _dynamic(seed_dets, every=2, **params):
+    params = {"tau": 0.7, "gamma1": 0.05, "gamma2": 0.6, "tau_min": 0.4, "tau_max": 0.9} | params
+    return mt.DynamicThresholds(lambda it: (mt.class_evidence(seed_dets, 2), 7), 2, params, every)
+
+
+def test_dynamic_thresholds_accumulate_online_against_a_hand_computation():
+    # seed pass (standard head, v = 1): class 1 scores 0.9 + 0.5, class 2 score 0.6
+    th = _dynamic([_dets([1, 1], [0.9, 0.5]), _dets([2], [0.6])])
+    th.start(0)
+    st = th.state
+    assert st.sums == pytest.approx({1: 1.4, 2: 0.6}) and st.counts == {1: 2, 2: 1} and st.seed_images == 7
+    n_bar = 1.5  # mean candidates per class
+    assert st.thresholds[1] == pytest.approx((1.4 / n_bar) ** 0.05 * 0.7) and st.weights[1] == pytest.approx((n_bar / 1.4) ** 0.6)
+    assert st.thresholds[2] == pytest.approx((0.6 / n_bar) ** 0.05 * 0.7) and st.weights[2] == pytest.approx((n_bar / 0.6) ** 0.6)
+    before = dict(st.thresholds)
+    # iteration 1: a class-2 box, score 0.8 with v 0.5 (certainty head) -> c_2 += 0.4; thresholds kept until iteration 2
+    th.observe([_dets([2], [0.8], [0.5])])
+    th.step(1, 10)
+    assert st.sums == pytest.approx({1: 1.4, 2: 1.0}) and st.counts == {1: 2, 2: 2} and st.updates == 1
+    assert st.thresholds == before and st.refreshed_at == 0
+    th.step(2, 10)  # nothing seen this batch; refresh from the accumulated sums: n_bar = 2
+    assert st.refreshed_at == 2 and st.updates == 2
+    assert st.thresholds[2] == pytest.approx((1.0 / 2) ** 0.05 * 0.7) and st.weights[1] == pytest.approx((2 / 1.4) ** 0.6)
+    # the thresholds and weights apply to the pseudo boxes: tau_m filters, alpha_m weights, every kept box reliable
+    p = mt.select_pseudo_boxes(_dets([1, 2, 2], [0.69, 0.68, 0.6]), st, 2, rplm=False)
+    assert st.thresholds[1] < 0.69 and 0.6 < st.thresholds[2] < 0.68
+    assert p["labels"].tolist() == [1, 2] and p["regress"].all() and not p["soft"].any()
+    assert p["weights"].tolist() == pytest.approx([st.weights[1], st.weights[2]])
+    assert mt.select_pseudo_boxes(_dets([1], [0.69]), st, 2, class_weights=False)["weights"].tolist() == [1.0]
+    assert {"ssl/t_c/a", "ssl/alpha_m/b"} <= set(th.metrics(["a", "b"]))
+
+
+def test_dynamic_thresholds_change_when_localization_quality_changes():
+    dets = [_dets([1, 1, 2], [0.9, 0.8, 0.7])]
+    certain, doubtful = _dynamic([{**d, "loc_quality": torch.ones(3)} for d in dets]), _dynamic(
+        [{**d, "loc_quality": torch.tensor([0.3, 0.3, 1.0])} for d in dets])
+    plain = _dynamic(dets)  # no loc_quality (standard head): v = 1
+    for th in (certain, doubtful, plain):
+        th.start(0)
+    assert plain.state.thresholds == certain.state.thresholds
+    # class 1's boxes are poorly localized: lower c_1, a lower threshold and a higher weight than with v = 1
+    assert doubtful.state.thresholds[1] < certain.state.thresholds[1] and doubtful.state.weights[1] > certain.state.weights[1]
+    assert doubtful.state.sums[1] == pytest.approx(0.3 * 0.9 + 0.3 * 0.8)
+
+
+@pytest.mark.parametrize("kind", ["act", "dynamic"])
+def test_resume_state_round_trip(pair, tmp_path, kind):
     student, teacher = pair
-    loss = mt.MeanTeacherLoss(mt.copy.deepcopy(teacher), 2, lambda_u=2.0, rplm=True, rplm_score=0.8, rplm_iou=0.8)
-    loss.act = _act(0.3, 0.7)
+
+    def thresholds():
+        return mt.ACTThresholds(lambda it: _act(0.3, 0.7), 4) if kind == "act" else _dynamic([_dets([1, 2], [0.9, 0.5], [0.5, 0.8])])
+
+    loss = mt.MeanTeacherLoss(mt.copy.deepcopy(teacher), 2, lambda_u=2.0, rplm=True, rplm_score=0.8, rplm_iou=0.8,
+                              thresholds=thresholds())
+    loss.thresholds.start(0)
+    if kind == "dynamic":
+        loss.thresholds.observe([_dets([1], [0.7], [0.9])])
+        loss.thresholds.step(1, 10)
     mt.ema_update(loss.teacher, student, 0.5)
     saved = mt.MeanTeacherResume(loss).save_files(tmp_path)
-    assert set(saved) == {"ema_teacher.safetensors", "act_state.json"}
+    assert set(saved) == {"ema_teacher.safetensors", f"{kind}_state.json"}
     # as ResumeCheckpointer writes them: beside a checkpoint, under its manifest
     upload_checkpoint(build_detector("tiny", category_ids=[1, 2], class_names=["a", "b"]), str(tmp_path / "ck"), extra_files=saved)
-    fresh = mt.MeanTeacherLoss(mt.copy.deepcopy(teacher), 2, lambda_u=2.0, rplm=True, rplm_score=0.8, rplm_iou=0.8)
+    fresh = mt.MeanTeacherLoss(mt.copy.deepcopy(teacher), 2, lambda_u=2.0, rplm=True, rplm_score=0.8, rplm_iou=0.8,
+                               thresholds=thresholds())
     extra = mt.MeanTeacherResume(fresh)
     extra.restore(str(tmp_path / "ck"))
-    assert fresh.act == loss.act
+    assert fresh.thresholds.state == loss.thresholds.state
     assert all(torch.equal(v, loss.teacher.state_dict()[k]) for k, v in fresh.teacher.state_dict().items())
     extra.reset()
-    assert fresh.act is None and all(torch.equal(v, teacher.state_dict()[k]) for k, v in fresh.teacher.state_dict().items())
+    assert fresh.thresholds.state is None and all(torch.equal(v, teacher.state_dict()[k]) for k, v in fresh.teacher.state_dict().items())
 
 
 # ----------------------------------------------------------------------------- config
@@ -221,6 +330,14 @@ def test_mode_config_defaults_and_errors():
     assert load_config(stage.Config, {**base, "mode": "mean_teacher", "lambda_u": 0.5}).lambda_u == 0.5
     with pytest.raises(ConfigError, match="offline.*mean_teacher"):
         load_config(stage.Config, {**base, "mode": "online"})
+    assert online.mean_teacher.thresholds == "act" and online.mean_teacher.dynamic.tau == 0.7
+    dyn = load_config(stage.Config, {**base, "mode": "mean_teacher", "mean_teacher": {"thresholds": "dynamic", "dynamic": {"gamma1": 0.1}}})
+    assert dyn.mean_teacher.thresholds == "dynamic" and dyn.mean_teacher.dynamic.gamma1 == 0.1 and dyn.devices == 1
+    with pytest.raises(ConfigError, match="thresholds.*'act' or 'dynamic'"):
+        load_config(stage.Config, {**base, "mode": "mean_teacher", "mean_teacher": {"thresholds": "fixed"}})
+    with pytest.raises(ConfigError, match="tau_min 0.9 > tau_max 0.5"):
+        load_config(stage.Config, {**base, "mean_teacher": {"dynamic": {"tau_min": 0.9, "tau_max": 0.5}}})
+    assert load_config(stage.Config, {**base, "mode": "mean_teacher", "devices": 2}).devices == 2  # DDP, like offline
 
 
 def test_experiment_ssl_mode_reaches_the_stage_and_bad_mode_fails_at_load():

@@ -164,16 +164,24 @@ class CertaintyRoIHeads(WeightedRoIHeads):
             return self._inference(features, proposals, image_shapes), {}
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         weights, regress = self._sample_weights(targets, matched_idxs, labels)
+        _, losses = self.sampled_losses(features, proposals, image_shapes, torch.cat(labels), torch.cat(regression_targets),
+                                        weights, regress)
+        return [], losses
+
+    def sampled_losses(self, features, proposals, image_shapes, labels, regression_targets, weights, regress):
+        """``(class logits, losses)`` of sampled proposals: :meth:`WeightedRoIHeads.sampled_losses`
+        with the interval and refinement losses in place of the box regression."""
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, (side_logits, side_offsets) = self.box_predictor(box_features)
+        class_logits = class_logits.float()
         props = torch.cat(proposals)
         # the matched ground-truth boxes, recovered exactly from torchvision's encoded targets
-        gt = self.box_coder.decode_single(torch.cat(regression_targets), props)
+        gt = self.box_coder.decode_single(regression_targets, props)
         idx, offset = interval_targets(props, gt, self.intervals, self.segment_span)
         cls, interval, refine = certainty_losses(
-            class_logits.float(), side_logits.float(), side_offsets.float(), torch.cat(labels), idx, offset, weights, regress
+            class_logits, side_logits.float(), side_offsets.float(), labels, idx, offset, weights, regress
         )
-        return [], {"loss_classifier": cls, "loss_box_interval": interval, "loss_box_refine": refine}
+        return class_logits, {"loss_classifier": cls, "loss_box_interval": interval, "loss_box_refine": refine}
 
     def _inference(self, features, proposals, image_shapes) -> list[dict[str, Tensor]]:
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))

@@ -198,6 +198,23 @@ def broadcast_object(value: Any, src: int = 0) -> Any:
     return box[0]
 
 
+def all_gather_object(value: Any) -> list[Any]:
+    """``value`` of every rank, in rank order (``[value]`` when not distributed)."""
+    if not current().distributed:
+        return [value]
+    out: list[Any] = [None] * current().world_size
+    torch.distributed.all_gather_object(out, value)
+    return out
+
+
+def broadcast_tensors(tensors, src: int = 0) -> None:
+    """Overwrite each tensor of ``tensors`` (same order on every rank) with rank ``src``'s, in place."""
+    if not current().distributed:
+        return
+    for t in tensors:
+        torch.distributed.broadcast(t, src=src)
+
+
 def wrap_model(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
     """DDP around ``model`` (trained BatchNorm -> SyncBatchNorm on CUDA); ``model`` itself when not distributed.
 

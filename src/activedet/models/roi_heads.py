@@ -162,17 +162,25 @@ class WeightedRoIHeads(RoIHeads):
             return self._inference(features, proposals, image_shapes), {}
         proposals, matched_idxs, labels, regression_targets = self.select_training_samples(proposals, targets)
         weights, regress = self._sample_weights(targets, matched_idxs, labels)
+        _, losses = self.sampled_losses(features, proposals, image_shapes, torch.cat(labels), torch.cat(regression_targets),
+                                        weights, regress)
+        return [], losses
+
+    def sampled_losses(self, features, proposals: list[Tensor], image_shapes, labels: Tensor, regression_targets: Tensor,
+                       weights: Tensor, regress: Tensor) -> tuple[Tensor, dict[str, Tensor]]:
+        """``(class logits [K, C+1], losses)`` of already sampled proposals (``labels``,
+        ``regression_targets``, ``weights``, ``regress``: one row per proposal, images concatenated).
+
+        The box-head half of :meth:`forward`; the mean teacher calls it with its own weights (soft
+        proposals at hard weight 0) and adds its soft classification term to ``loss_classifier``.
+        """
         box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
         class_logits, box_regression = self.box_predictor(box_features)
+        class_logits = class_logits.float()
         loss_classifier, loss_box_reg = weighted_fastrcnn_loss(
-            class_logits.float(),
-            box_regression.float(),
-            torch.cat(labels),
-            torch.cat(regression_targets),
-            weights,
-            regress,
+            class_logits, box_regression.float(), labels, regression_targets, weights, regress
         )
-        return [], {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
+        return class_logits, {"loss_classifier": loss_classifier, "loss_box_reg": loss_box_reg}
 
     def class_probs_for(self, features, boxes: list[Tensor], image_shapes) -> Tensor:
         """Softmax distributions ``[sum N_i, C+1]`` of the box head on given boxes (one pass)."""

@@ -356,6 +356,7 @@ def train_and_commit(
     training_info: dict | None = None,
     extra_hooks: Iterable[object] = (),
     resume_extra=None,
+    train_module: nn.Module | None = None,
     **checkpoint_meta,
 ) -> TrainedOutput | None:
     """The training skeleton teacher and student share: resume, train, save, metrics.
@@ -364,12 +365,16 @@ def train_and_commit(
     fingerprint matches (``config`` + ``digest``), trains with :meth:`Trainer.from_config` on
     ``make_batches(start_iteration)``, then commits ``model.safetensors`` + ``meta.json``
     (``checkpoint_meta`` goes into the meta) and ``train.json`` (``training_info`` added), and logs
-    the final loss and speed. The detector ends on the CPU. ``extra_hooks`` run before the resume
-    checkpointer's; ``resume_extra`` is its ``extra`` (more state in each resume checkpoint).
+    the final loss and speed. The detector ends on the CPU. ``extra_hooks`` run (on every rank)
+    before the resume checkpointer's; ``resume_extra`` is its ``extra`` (more state in each resume
+    checkpoint). ``train_module`` is what the trainer steps instead of ``detector.model`` (a module
+    holding it, e.g. the mean teacher's; it must own exactly the detector's trainable parameters):
+    it is what DDP wraps, so a ``forward`` that computes the whole loss stays inside DDP.
 
     Inside a data-parallel job (:mod:`activedet.models.distributed`) every rank calls this with
     its own ``make_batches``; only rank 0 opens the output, restores (then broadcasts iteration
-    and optimizer state; DDP broadcasts the weights), checkpoints, commits and logs, and the lr
+    and optimizer state; DDP broadcasts the weights; ``extra_hooks`` sync their own state), checkpoints,
+    commits and logs, and the lr
     is ``config.lr * world_size`` (linear scaling rule). Other ranks return ``None``.
     """
     from contextlib import nullcontext
@@ -387,8 +392,9 @@ def train_and_commit(
             hooks = [*extra_hooks, resume]
         else:
             tracker = NullTracker()
+            hooks = list(extra_hooks)
         start, optim_state = distributed.broadcast_object((start, optim_state))
-        model = distributed.wrap_model(detector.model, torch.device(device))
+        model = distributed.wrap_model(train_module if train_module is not None else detector.model, torch.device(device))
         kwargs = {"loss_fn": loss_fn} if loss_fn is not None else {}
         if log_every is not None:
             kwargs["log_every"] = log_every

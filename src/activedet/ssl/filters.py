@@ -101,6 +101,10 @@ class FilterResult:
         }
 
 
+#: the ``dynamic`` filter's parameters (Li et al.: tau 0.7, gamma1 0.05, gamma2 0.6, clip to [0.4, 0.9]);
+#: also the defaults of the mean teacher's online dynamic thresholds
+DYNAMIC_DEFAULTS: dict[str, float] = {"tau": 0.7, "gamma1": 0.05, "gamma2": 0.6, "tau_min": 0.4, "tau_max": 0.9}
+
 FilterFn = Callable[..., FilterResult]
 FILTERS: Registry[FilterFn] = Registry("pseudo-label filter")
 
@@ -249,11 +253,11 @@ def dynamic(
     candidates: pa.Table,
     context: FilterContext,
     *,
-    tau: float = 0.7,
-    gamma1: float = 0.05,
-    gamma2: float = 0.6,
-    tau_min: float = 0.4,
-    tau_max: float = 0.9,
+    tau: float = DYNAMIC_DEFAULTS["tau"],
+    gamma1: float = DYNAMIC_DEFAULTS["gamma1"],
+    gamma2: float = DYNAMIC_DEFAULTS["gamma2"],
+    tau_min: float = DYNAMIC_DEFAULTS["tau_min"],
+    tau_max: float = DYNAMIC_DEFAULTS["tau_max"],
 ) -> FilterResult:
     """Dynamic per-class thresholds and loss weights (Li et al. 2021, eq. 6).
 
@@ -265,13 +269,8 @@ def dynamic(
     with no candidates gets ``tau_m = tau_min`` (the limit of the formula) and ``alpha_m = 1``
     (nothing to weight).
     """
-    _check_unit_interval("dynamic filter: tau", tau)
-    _check_unit_interval("dynamic filter: tau_min", tau_min)
-    _check_unit_interval("dynamic filter: tau_max", tau_max)
-    if tau_min > tau_max:
-        raise ConfigError(f"dynamic filter: tau_min {tau_min} > tau_max {tau_max}")
-    if gamma1 < 0 or gamma2 < 0:
-        raise ConfigError(f"dynamic filter: gamma1 and gamma2 must be >= 0, got {gamma1}, {gamma2}")
+    params = {"tau": tau, "gamma1": gamma1, "gamma2": gamma2, "tau_min": tau_min, "tau_max": tau_max}
+    check_dynamic_params(**params)
     scores = _column(candidates, "score")
     cats = _column(candidates, "category_id", np.int64)
     quality = np.ones_like(scores)
@@ -280,21 +279,46 @@ def dynamic(
         quality = np.where(np.isfinite(q), q, 1.0)
     classes = list(context.category_ids)
     counts = np.array([(cats == c).sum() for c in classes], dtype=np.float64)
-    n_bar = float(counts.mean()) if classes else 0.0
+    c_m = np.array([(scores[cats == c] * quality[cats == c]).sum() for c in classes], dtype=np.float64)
+    tau_m, alpha_m, n_bar = dynamic_thresholds(c_m, counts, **params)
     keep = np.zeros(len(scores), bool)
     per_class = {}
-    for c in classes:
-        in_class = cats == c
-        c_m = float((scores[in_class] * quality[in_class]).sum())
-        if c_m > 0 and n_bar > 0:
-            tau_m = float(np.clip((c_m / n_bar) ** gamma1 * tau, tau_min, tau_max))
-            alpha_m = float((n_bar / c_m) ** gamma2)
-        else:
-            tau_m, alpha_m = float(tau_min), 1.0
-        keep |= in_class & (scores >= tau_m)
-        per_class[c] = {"threshold": tau_m, "weight": alpha_m}
-    params = {"tau": tau, "gamma1": gamma1, "gamma2": gamma2, "tau_min": tau_min, "tau_max": tau_max}
+    for i, c in enumerate(classes):
+        keep |= (cats == c) & (scores >= tau_m[i])
+        per_class[c] = {"threshold": float(tau_m[i]), "weight": float(alpha_m[i])}
     return _finish(candidates, keep, np.ones_like(keep), per_class, "dynamic", params, {"n_bar": n_bar})
+
+
+def check_dynamic_params(*, tau: float, gamma1: float, gamma2: float, tau_min: float, tau_max: float) -> None:
+    """ConfigError unless ``tau``, ``tau_min``, ``tau_max`` are in (0, 1], ``tau_min <= tau_max`` and the gammas >= 0."""
+    _check_unit_interval("dynamic filter: tau", tau)
+    _check_unit_interval("dynamic filter: tau_min", tau_min)
+    _check_unit_interval("dynamic filter: tau_max", tau_max)
+    if tau_min > tau_max:
+        raise ConfigError(f"dynamic filter: tau_min {tau_min} > tau_max {tau_max}")
+    if gamma1 < 0 or gamma2 < 0:
+        raise ConfigError(f"dynamic filter: gamma1 and gamma2 must be >= 0, got {gamma1}, {gamma2}")
+
+
+def dynamic_thresholds(
+    c_m: np.ndarray, counts: np.ndarray, *, tau: float, gamma1: float, gamma2: float, tau_min: float, tau_max: float
+) -> tuple[np.ndarray, np.ndarray, float]:
+    """Li et al. eq. 6 for all ``C`` classes at once: ``(tau_m [C], alpha_m [C], n_bar)``.
+
+    ``c_m [C]`` = ``sum_j p_j v_j`` per class, ``counts [C]`` = foreground candidates per class
+    (``n_bar`` = their mean). ``tau_m = clip((c_m / n_bar) ** gamma1 * tau, tau_min, tau_max)``,
+    ``alpha_m = (n_bar / c_m) ** gamma2``; a class with ``c_m = 0`` (or ``n_bar = 0``) gets
+    ``tau_min`` and weight 1. The offline ``dynamic`` filter and the mean teacher's online
+    thresholds (:mod:`activedet.ssl.mean_teacher`) both use it.
+    """
+    c_m = np.asarray(c_m, np.float64)
+    counts = np.asarray(counts, np.float64)
+    n_bar = float(counts.mean()) if counts.size else 0.0
+    ok = (c_m > 0) & (n_bar > 0)
+    safe = np.where(ok, c_m, 1.0)
+    tau_m = np.where(ok, np.clip((safe / max(n_bar, 1e-300)) ** gamma1 * tau, tau_min, tau_max), float(tau_min))
+    alpha_m = np.where(ok, (max(n_bar, 1e-300) / safe) ** gamma2, 1.0)
+    return tau_m, alpha_m, n_bar
 
 
 @FILTERS.register("act")

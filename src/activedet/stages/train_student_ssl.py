@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import Field, model_validator
 
 from activedet.config import FrozenModel, StageConfig, config_from
+from activedet.ssl.filters import DYNAMIC_DEFAULTS
 
 if TYPE_CHECKING:
     from activedet.pipeline.experiment import ExperimentConfig
@@ -46,6 +47,31 @@ class StrongAugmentation(FrozenModel):
     cutout_scale: tuple[float, float] = Field((0.01, 0.05), description="patch area range, fraction of the image")
 
 
+class DynamicSettings(FrozenModel):
+    """Online dynamic thresholds of ``mode: mean_teacher`` with ``thresholds: dynamic`` (Li et al. eq. 6; docs/ssl.md).
+
+    ``c_m = sum p * v`` and the candidate counts are accumulated over the EMA teacher's detections
+    on every batch's pool images (after a seed pass over ``seed_images`` pool images); ``tau_m``
+    and ``alpha_m`` follow from them every ``update_every`` iterations.
+    """
+
+    tau: float = Field(DYNAMIC_DEFAULTS["tau"], gt=0.0, le=1.0, description="base threshold tau of eq. 6")
+    gamma1: float = Field(DYNAMIC_DEFAULTS["gamma1"], ge=0.0, description="threshold exponent (0: tau for every class)")
+    gamma2: float = Field(DYNAMIC_DEFAULTS["gamma2"], ge=0.0, description="re-weighting exponent (0: alpha_m = 1)")
+    tau_min: float = Field(DYNAMIC_DEFAULTS["tau_min"], gt=0.0, le=1.0, description="lower clip of tau_m")
+    tau_max: float = Field(DYNAMIC_DEFAULTS["tau_max"], gt=0.0, le=1.0, description="upper clip of tau_m")
+    update_every: int = Field(1, ge=1, description="iterations between new tau_m / alpha_m from the accumulated c_m "
+                              "(the statistics accumulate every iteration)")
+    seed_images: int = Field(1000, ge=0, description="pool images (seeded random subset) the burn-in teacher predicts to "
+                             "seed c_m before the first step (0: start from empty statistics, tau_min for every class)")
+
+    @model_validator(mode="after")
+    def _clip_order(self) -> DynamicSettings:
+        if self.tau_min > self.tau_max:
+            raise ValueError(f"tau_min {self.tau_min} > tau_max {self.tau_max}")
+        return self
+
+
 class MeanTeacherSettings(FrozenModel):
     """Settings of ``mode: mean_teacher`` (LabelMatch, Chen et al. 2022; docs/ssl.md)."""
 
@@ -59,6 +85,11 @@ class MeanTeacherSettings(FrozenModel):
     rplm: bool = Field(True, description="reliable pseudo-label mining: promote uncertain boxes with a tight pre-NMS cluster")
     rplm_score: float = Field(0.8, ge=0.0, le=1.0, description="RPLM: minimum mean score of the pre-NMS cluster")
     rplm_iou: float = Field(0.8, ge=0.0, le=1.0, description="RPLM: minimum mean IoU of the cluster with the kept box")
+    thresholds: Literal["act", "dynamic"] = Field(
+        "act", description="online pseudo-label thresholds: act (LabelMatch eq. 4-6, reliable/uncertain boxes) or dynamic "
+        "(Li et al. eq. 6: c_m = sum p*v accumulated online, tau_m filters, alpha_m weights; every kept box reliable)"
+    )
+    dynamic: DynamicSettings = Field(DynamicSettings(), description="settings of thresholds: dynamic")
 
 
 #: lambda_u when not set: LabelMatch's 2.0 online, Elezi/Li's 1.0 offline (METHODS.md section 3)
@@ -119,11 +150,6 @@ class Config(StageConfig):
             data = {**data, "lambda_u": MEAN_TEACHER_LAMBDA_U}
         return data
 
-    @model_validator(mode="after")
-    def _mean_teacher_single_process(self) -> Config:
-        if self.mode == "mean_teacher" and getattr(self, "devices", 1) > 1:
-            raise ValueError("mode mean_teacher runs in one process: devices must be 1")
-        return self
 
 
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
@@ -140,9 +166,7 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
         },
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
         pseudo_labels_uri=layout.pseudo_labels(cycle), output_uri=layout.student(cycle), seed=exp.seed + cycle,
-        # the mean teacher runs in one process: more GPUs in the pod (accelerator_limit) do not make it refuse;
-        # an explicit training.devices > 1 still does
-        devices=1 if exp.ssl.mode == "mean_teacher" and exp.training.devices is None else training_devices(exp),
+        devices=training_devices(exp),
     )
 
 
