@@ -138,3 +138,55 @@ def test_two_rank_student_trains_labeled_and_pseudo(small_ds, tmp_path):
     assert meta["training"]["distributed"]["world_size"] == 2
     assert any(k.startswith("unsup/") for k in meta["training"]["final_losses"])  # every replica had pseudo images
     assert torch.isfinite(torch.tensor(res["final_loss"]))
+
+
+def test_two_rank_mean_teacher_resumes_after_kill_with_one_ema_teacher(small_ds, tmp_path):
+    """mode mean_teacher on 2 gloo ranks, dynamic thresholds: killed, resumed, EMA teacher identical on both ranks."""
+    from activedet.al.ledger import new_ledger, write_ledger
+    from activedet.data.dataset import load_dataset
+    from activedet.models.checkpoint import detector_for_dataset, read_checkpoint_meta, upload_checkpoint
+
+    ds = load_dataset(small_ds)
+    train = ds.split_ids("train")
+    ledger = str(tmp_path / "ledger")
+    with store.OutputWriter(ledger) as out:
+        write_ledger(out, new_ledger(train, train[:4]), cycle=0, parent=None)
+    torch.manual_seed(0)
+    teacher = upload_checkpoint(detector_for_dataset("tiny", ds, min_size=64, max_size=128), str(tmp_path / "teacher"))
+    out = str(tmp_path / "student")
+    settings = {"teacher_checkpoint_uri": teacher, "dataset_uri": small_ds, "ledger_uri": ledger, "pseudo_labels_uri": "unused",
+                "output_uri": out, "iterations": 8, "batch_size": 2, "checkpoint_every": 2, "warmup_iters": 0, "lr": 0.005,
+                "device": "cpu", "devices": 2, "mode": "mean_teacher",
+                "mean_teacher": {"thresholds": "dynamic", "dynamic": {"seed_images": 4, "update_every": 2}}}
+    script = ("import json, sys; from activedet.config import load_config; from activedet.stages import train_student_ssl as s; "
+              "s.run(load_config(s.Config, json.loads(sys.argv[1])))")
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(settings)], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline and proc.poll() is None:
+            state = _latest(out)
+            if state and state["iteration"] >= 2:
+                break
+            time.sleep(0.1)
+        assert proc.poll() is None, f"training ended before it could be killed: {proc.stderr.read().decode()[-3000:]}"
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and both ranks
+        proc.wait()
+    state = _latest(out)
+    killed_at = state["iteration"]
+    assert not store.is_committed(out) and 2 <= killed_at < settings["iterations"]
+    folder = os.path.join(out, "_resume", state["folder"])
+    assert {"ema_teacher.safetensors", "dynamic_state.json", "optim.safetensors"} <= set(os.listdir(folder))
+
+    res = train_student_ssl.run(load_config(train_student_ssl.Config, settings))
+    assert res["resumed_from"] == killed_at and res["published_model"] == "ema_teacher"
+    training = read_checkpoint_meta(out)["training"]
+    assert training["distributed"]["world_size"] == 2
+    first, second = training["ema_teacher_sha256"]
+    assert first == second  # the EMA teacher is the same on both ranks
+    # the online statistics came back from the checkpoint: one update per iteration over the whole run
+    assert training["final_dynamic"]["updates"] == settings["iterations"] and training["final_dynamic"]["refreshed_at"] == 8
+    assert any(k.startswith("unsup/") for k in training["final_losses"])
+    assert torch.isfinite(torch.tensor(res["final_loss"]))
+    assert store.is_committed(out) and not os.path.exists(os.path.join(out, "_resume"))
