@@ -45,6 +45,30 @@ def test_shipped_config_validates(path, capsys):
     assert "valid" in capsys.readouterr().out
 
 
+def uncomment_mean_teacher(text: str) -> str:
+    """The config with its commented ``# mode: mean_teacher`` block (it and the comment lines right after it) switched on."""
+    lines = text.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.strip() == "# mode: mean_teacher")
+    indent = lines[start].index("#")
+    end = start + 1
+    while end < len(lines) and lines[end].startswith(" " * indent + "# "):
+        end += 1
+    on = [line[:indent] + line[indent + 2:] for line in lines[start:end]]
+    return "\n".join(lines[:start] + on + lines[end:]) + "\n"
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+def test_shipped_mean_teacher_option_validates(path, tmp_path, capsys):
+    from activedet.pipeline import plan
+
+    text = uncomment_mean_teacher(path.read_text())
+    (tmp_path / path.name).write_text(text)
+    assert main(["validate", str(tmp_path / path.name)]) == 0
+    exp = load_experiment(tmp_path / path.name)
+    student = plan.stage_config("train-student-ssl", exp, "/tmp/run", 0)
+    assert student.mode == "mean_teacher" and student.mean_teacher.act_every == yaml.safe_load(text)["ssl"]["mean_teacher"]["act_every"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
 def test_shipped_config_runs_two_cycles(path, tmp_path):

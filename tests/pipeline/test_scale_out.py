@@ -76,15 +76,18 @@ def test_pseudo_label_shards_compile_to_a_parallel_for_and_a_merge(cluster_exper
 
 
 @pytest.mark.slow
-def test_local_run_with_2_ranks_and_2_pseudo_label_shards(demo_experiment, tmp_path):
+def test_local_run_two_mean_teacher_cycles_with_2_ranks_and_2_pseudo_label_shards(demo_experiment, tmp_path):
+    """kfp.local, two cycles: 2 gloo ranks per training task (the mean-teacher student too, issues 15/18),
+    2 pseudo-label shards + merge; each cycle publishes and evaluates the EMA teacher."""
     from activedet.pipeline.local import run_local
 
     data = demo_experiment.model_dump(mode="json")
     data.update({
         "dataset": {"synth": {"sequences": 8, "frames": 2, "seed": 0, "height": 64, "width": 128}},
-        "initial_size": 4, "budget": 2, "cycles": 1, "store_root": None,
+        "initial_size": 4, "budget": 2, "cycles": 2, "store_root": None, "baselines": [],
         "training": {**data["training"], "teacher_iterations": 2, "student_iterations": 2, "batch_size": 2, "devices": 2},
         "pseudo_labels": {"filter": "act", "params": {"alpha": 50}, "max_pool_images": 6, "shards": 2},
+        "ssl": {**data["ssl"], "mode": "mean_teacher", "mean_teacher": {"act_images": 4}},
         "mlflow": {**data["mlflow"], "tracking_uri": None},
     })
     exp = load_experiment(data)
@@ -96,6 +99,19 @@ def test_local_run_with_2_ranks_and_2_pseudo_label_shards(demo_experiment, tmp_p
     metrics = json.loads((store_dir / "pseudo_labels" / "metrics.json").read_text())
     assert metrics["shards"] == 2 and metrics["pool_images"] == 6
     assert outcome.rows[0]["pseudo_labels"] == metrics["pseudo_boxes"]  # finish-cycle read the merge's result
-    for out in (lay.teacher(0), lay.student(0)):
-        meta = json.loads((tmp_path / "run" / "store" / out.split("/store/")[-1] / "meta.json").read_text())
-        assert meta["training"]["distributed"]["world_size"] == 2
+
+    def local(uri):
+        return tmp_path / "run" / "store" / uri.split("/store/")[-1]
+
+    assert [r["cycle"] for r in outcome.rows] == [0, 1] and all(0.0 <= r["AP"] <= 1.0 for r in outcome.rows)
+    for cycle in range(2):
+        teacher = json.loads((local(lay.teacher(cycle)) / "meta.json").read_text())
+        student = json.loads((local(lay.student(cycle)) / "meta.json").read_text())
+        assert teacher["training"]["distributed"]["world_size"] == 2
+        assert student["training"]["distributed"]["world_size"] == 2
+        # the cycle's model is the EMA teacher, recorded as such, the same on both ranks, and it is what was evaluated
+        assert student["published_model"] == "ema_teacher" and student["ssl_mode"] == "mean_teacher"
+        assert len(set(student["training"]["ema_teacher_sha256"])) == 1 and "final_act" in student["training"]
+        evaluation = json.loads((local(lay.eval(cycle)) / "metrics.json").read_text())
+        assert evaluation["checkpoint_uri"] == lay.model(cycle) == lay.student(cycle)
+        assert {"AP", "AP50"} <= set(evaluation["metrics"])

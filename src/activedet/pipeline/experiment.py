@@ -101,7 +101,8 @@ class SSLSpec(FrozenModel):
     )
     mean_teacher: dict[str, Any] | None = Field(
         None, description="settings of mode mean_teacher (train-student-ssl's MeanTeacherSettings: ema_decay, act_every, "
-        "act_images, alpha, rplm, rplm_score, rplm_iou; unset: the stage defaults)"
+        "act_images, alpha, rplm, rplm_score, rplm_iou, thresholds (act or dynamic), dynamic (tau, gamma1, gamma2, tau_min, "
+        "tau_max, update_every, seed_images); unset: the stage defaults)"
     )
 
 
