@@ -10,10 +10,12 @@ background unless disabled. Checkpoints, resume, progress and MLflow behave as i
 
 That is ``mode: offline`` (the default). ``mode: mean_teacher`` trains online instead
 (:mod:`activedet.ssl.mean_teacher`, LabelMatch): an EMA teacher re-labels every batch's pool
-images (weak view) with ACT thresholds re-estimated every ``mean_teacher.act_every`` iterations;
-the student learns the strong view (reliable boxes hard, uncertain ones by proposal
-self-assignment, never box-regressed); the EMA teacher is the published model. It reads no
-offline pseudo-labels (the whole ledger pool is its unlabeled set).
+images (weak view) with online thresholds -- ACT re-estimated every ``mean_teacher.act_every``
+iterations (default) or Li et al.'s dynamic thresholds with ``c_m`` accumulated over the
+training (``mean_teacher.thresholds: dynamic``); the student learns the strong view (reliable
+boxes hard, uncertain ones by proposal self-assignment, never box-regressed); the EMA teacher is
+the published model. It reads no offline pseudo-labels (the whole ledger pool is its unlabeled
+set). Both modes run ``devices`` data-parallel ranks.
 """
 
 from __future__ import annotations
