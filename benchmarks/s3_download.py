@@ -5,7 +5,7 @@ For each size (default 1, 64 and 512 MB, incompressible) every method downloads 
 methods are interleaved within each repeat (the machine may be shared) and the best of
 ``--repeats`` (five times as many up to 8 MB) is kept. Methods:
 
-* ``store.download``               -- the product (whatever it picks for that size), to a file
+* ``store.download``               -- the product: one GET read from the socket into a reused buffer, to a file
 * ``single get .read()``           -- ``get_object()["Body"].read()`` into memory (the baseline)
 * ``single get -> file``           -- one GET streamed into a file
 * ``transfer manager 16 MiB x 8``  -- ``download_file`` with store's former config (ranged parts)

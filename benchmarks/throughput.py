@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import multiprocessing as mp
 import os
 import socket
@@ -247,7 +248,7 @@ def bench_s3(args, tmp: Path) -> list[dict]:
     return [
         _row("s3", "upload (store.upload, multipart)", rate(args.s3_mb, best["up"]), "MB/s",
              "single put_object from memory", rate(args.s3_mb, best["put"]), **params),
-        _row("s3", "download (store.download, ranged)", rate(args.s3_mb, best["down"]), "MB/s",
+        _row("s3", "download (store.download, one GET into a reused buffer)", rate(args.s3_mb, best["down"]), "MB/s",
              "single get_object().read() into memory", rate(args.s3_mb, best["get"]), **params),
     ]
 
@@ -519,6 +520,8 @@ def parse_args(argv=None):
     p.add_argument("--score-batch-size", type=int, default=8)
     p.add_argument("--out", type=Path, default=RESULTS_DIR, help="results folder")
     p.add_argument("--name", default=None, help="results file stem (default throughput[_cuda][_smoke])")
+    p.add_argument("--merge", action="store_true",
+                   help="keep the rows of the sections not run (--only) from the existing results file")
     args = p.parse_args(argv)
     cuda = args.device == "cuda"
     if args.r50_min_size is None:
@@ -537,6 +540,20 @@ def parse_args(argv=None):
     if args.name is None:
         args.name = "throughput" + ("_cuda" if cuda else "") + ("_smoke" if args.smoke else "")
     return args
+
+
+def _merge_earlier(args, payload: dict) -> list[dict]:
+    """The rows of this run plus the earlier results file's rows of every section not run now; the
+    payload records which sections came from which earlier command."""
+    path = Path(args.out) / f"{args.name}.json"
+    if not path.exists():
+        return payload["rows"]
+    earlier = json.loads(path.read_text())
+    kept = [r for r in earlier["rows"] if r["section"] not in args.only]
+    payload["earlier"] = {"command": earlier.get("command"), "sections": sorted({r["section"] for r in kept}),
+                          "machine": earlier.get("machine"), "loadavg_1m_at_start": earlier.get("loadavg_1m_at_start")}
+    payload["rows"] = sorted(kept + payload["rows"], key=lambda r: SECTIONS.index(r["section"]))
+    return payload["rows"]
 
 
 def main(argv=None) -> dict:
@@ -568,6 +585,8 @@ def main(argv=None) -> dict:
                     rows += (bench_inference if section == "inference" else bench_scoring)(args, tmp, ds_ids)
             progress(f"== {section} done in {t():.1f} s")
     payload = figures_payload("throughput", args, started, load0, rows)
+    if args.merge:
+        rows = _merge_earlier(args, payload)
     m = payload["machine"]
     write_figures(args.name, payload, rows, args.out,
                   f"Command: `{payload['command']}`  \nMachine: {m.get('cpu_model')} ({m.get('cpus')} CPUs, {m.get('mem_gb')} GB), "

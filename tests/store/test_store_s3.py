@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import io
 import os
 
 import boto3
@@ -170,10 +171,32 @@ def test_download_of_a_missing_key_leaves_no_temp_file(s3_bucket, tmp_path):
     assert not list(tmp_path.iterdir())
 
 
-def test_large_objects_download_through_the_transfer_manager_as_one_get(s3_bucket, tmp_path, monkeypatch):
-    data = os.urandom(3 * 1024 * 1024 + 1)
-    uri = store.join(s3_bucket, "large/obj.bin")
+@pytest.mark.parametrize("size", [0, 1, 2 * 1024 * 1024, 2 * 1024 * 1024 + 1, 17 * 1024 * 1024 + 3])
+def test_download_streams_every_size_byte_exact(s3_bucket, tmp_path, size):
+    """Around the small-object and buffer sizes: one buffer, several buffers, a short last read."""
+    data = os.urandom(size)
+    uri = store.join(s3_bucket, f"sizes/{size}.bin")
     store.write_bytes(uri, data)
-    monkeypatch.setattr(store, "STREAM_MAX", 1024 * 1024)
-    assert store.download(uri, tmp_path / "obj.bin").read_bytes() == data
+    out = store.download(uri, tmp_path / "obj.bin")
+    assert out.read_bytes() == data
     assert sorted(p.name for p in tmp_path.iterdir()) == ["obj.bin"]
+    assert (out.stat().st_mode & 0o777) == 0o644
+
+
+def test_download_falls_back_to_the_body_read_when_the_raw_response_is_not_there(monkeypatch):
+    class Body:  # a streaming body without urllib3's raw http.client response
+        def __init__(self, data):
+            self.data = io.BytesIO(data)
+
+        def read(self, n=-1):
+            return self.data.read(n)
+
+    buffer = memoryview(bytearray(4))
+    r, w = os.pipe()
+    try:
+        assert store._copy_body(Body(b"0123456789"), w, 10, buffer) == 10
+        assert os.read(r, 100) == b"0123456789"
+        assert store._copy_body(Body(b"01"), w, 10, buffer) == 2  # the body ended early: the caller resumes
+    finally:
+        os.close(r)
+        os.close(w)
