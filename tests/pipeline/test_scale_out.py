@@ -36,6 +36,14 @@ def test_accelerator_limit_2_is_one_pod_with_2_gpus_running_2_ranks(cluster_expe
     for stage in ("train-teacher", "train-student-ssl"):
         resources = executors[f"exec-{stage}"]["container"]["resources"]
         assert resources["accelerator"]["resourceCount"] == "2"  # one pod, 2 GPUs
+    # inference stages scale out by shards, not ranks: one GPU per pod unless set
+    inference = ("evaluate", "score-unlabeled", "generate-pseudo-labels")
+    for stage in inference:
+        assert executors[f"exec-{stage}"]["container"]["resources"]["accelerator"]["resourceCount"] == "1"
+    (tmp_path / "inf").mkdir()
+    spec_inf, _, _ = compile_docs(_with(exp, kubernetes={"inference_accelerator_limit": 2}), tmp_path / "inf")
+    for stage in inference:
+        assert spec_inf["deploymentSpec"]["executors"][f"exec-{stage}"]["container"]["resources"]["accelerator"]["resourceCount"] == "2"
     # the pod's stage config, built from the compiled experiment parameter, runs 2 ranks
     compiled = experiment_from_json(spec["root"]["inputDefinitions"]["parameters"]["experiment"]["defaultValue"])
     for stage in ("train-teacher", "train-student-ssl"):

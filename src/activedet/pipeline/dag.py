@@ -34,6 +34,7 @@ from activedet import store
 from activedet.pipeline.components import is_gpu, make_components
 from activedet.pipeline.experiment import ExperimentConfig
 from activedet.pipeline.plan import scores_needed
+from activedet.stages import STAGES, multi_device
 
 SHM_VOLUME = "dshm"
 
@@ -69,8 +70,9 @@ def _configure(task: dsl.PipelineTask, exp: ExperimentConfig, platform: bool) ->
         k8s.set_timeout(task, timeout)
     if gpu:
         task.set_cpu_request(kube.gpu_cpu_request).set_memory_request(kube.gpu_memory_request)
-        if kube.accelerator_limit > 0:
-            task.set_accelerator_type(kube.accelerator_type).set_accelerator_limit(kube.accelerator_limit)
+        accelerators = kube.accelerators(multi_device=name in STAGES and multi_device(name))
+        if accelerators > 0:
+            task.set_accelerator_type(kube.accelerator_type).set_accelerator_limit(accelerators)
         for key, value in kube.node_selector.items():
             k8s.add_node_selector(task, label_key=key, label_value=value)
         for tol in kube.tolerations:

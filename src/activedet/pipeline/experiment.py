@@ -162,7 +162,14 @@ class KubernetesSpec(FrozenModel):
     node_selector: dict[str, str] = Field(default_factory=dict, description="GPU node selector labels")
     tolerations: list[Toleration] = Field(default_factory=list, description="GPU node tolerations")
     accelerator_type: str = Field("nvidia.com/gpu", description="accelerator resource type of GPU stages")
-    accelerator_limit: int = Field(1, ge=0, description="accelerators per GPU stage (0 = run GPU stages on CPU)")
+    accelerator_limit: int = Field(
+        1, ge=0, description="accelerators per training pod (train-teacher, train-student-ssl: one DDP rank each; "
+        "0 = run GPU stages on CPU)"
+    )
+    inference_accelerator_limit: int | None = Field(
+        None, ge=0, description="accelerators per pod of the other GPU stages (evaluate, pseudo-label and scoring shards), "
+        "which scale out by shards, not ranks (unset: 1, or 0 when accelerator_limit is 0)"
+    )
     gpu_cpu_request: str = Field("4", description="CPU request of GPU stages")
     gpu_memory_request: str = Field("16Gi", description="memory request of GPU stages")
     cpu_cpu_request: str = Field("1", description="CPU request of CPU stages")
@@ -209,6 +216,15 @@ class KubernetesSpec(FrozenModel):
     def requests(self, gpu: bool) -> tuple[str, str]:
         """(cpu, memory) requests of a GPU or CPU stage."""
         return (self.gpu_cpu_request, self.gpu_memory_request) if gpu else (self.cpu_cpu_request, self.cpu_memory_request)
+
+    def accelerators(self, *, multi_device: bool) -> int:
+        """Accelerators requested by a GPU stage's pod: ``accelerator_limit`` for training stages
+        (one rank each), ``inference_accelerator_limit`` (default 1) for the others."""
+        if multi_device:
+            return self.accelerator_limit
+        if self.inference_accelerator_limit is not None:
+            return self.inference_accelerator_limit
+        return min(1, self.accelerator_limit)
 
     def limits(self, gpu: bool) -> tuple[str, str]:
         """(cpu, memory) limits of a GPU or CPU stage, the unset ones derived from the requests."""

@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 
 NAME = "train-student-ssl"
 IMAGE = "gpu"
+#: one DDP rank per accelerator of the pod (kubernetes.accelerator_limit)
+MULTI_DEVICE = True
 
 
 class StrongAugmentation(FrozenModel):

@@ -28,6 +28,8 @@ log = logging.getLogger(__name__)
 
 NAME = "train-teacher"
 IMAGE = "gpu"
+#: one DDP rank per accelerator of the pod (kubernetes.accelerator_limit)
+MULTI_DEVICE = True
 
 
 class Config(StageConfig):
