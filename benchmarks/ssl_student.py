@@ -68,6 +68,7 @@ FILTER_SETTINGS: dict[str, dict] = {
 #: train-student-ssl ``mean_teacher`` settings here: ACT every 25 of the ~100-200 iterations on 64
 #: pool images (the paper: every 1000 of 180k on 10000); the rest are the stage defaults
 MEAN_TEACHER_SETTINGS: dict = {"act_every": 25, "act_images": 64}
+TRAFFIC_CAMS = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "traffic-cams" / "data.yaml"
 MT_DIAGNOSTICS = ("pseudo_precision", "pseudo_recall", "pseudo_per_image", "pseudo_class_kl", "reliable_share")
 
 
@@ -161,19 +162,23 @@ def run_seed(seed: int, args, root: Path, dataset_uri: str) -> list[dict]:
     train = ds.split_ids("train")
     eval_ids = ds.split_ids("val") + ds.split_ids("test")
     rng = np.random.default_rng(seed)
-    labeled = sorted(np.asarray(train, dtype=object)[rng.choice(len(train), args.labeled, replace=False)].tolist())
+    n_labeled = labeled_count(args, len(train))
+    labeled = sorted(np.asarray(train, dtype=object)[rng.choice(len(train), n_labeled, replace=False)].tolist())
     ledger = str(root / f"s{seed}" / "ledger")
     if not store.is_committed(ledger):
         with store.OutputWriter(ledger) as out:
             write_ledger(out, new_ledger(train, labeled), cycle=0, parent=None)
     common = {"dataset_uri": dataset_uri, "ledger_uri": ledger, "device": "cpu", "seed": seed,
               "checkpoint_every": args.checkpoint_every, "batch_size": args.batch_size}
+    model = {"preset": args.preset, "preset_options": json.loads(args.preset_options)}
+    if args.backbone_weights != "none":
+        model["backbone_weights"] = args.backbone_weights
     teacher_uri = str(root / f"s{seed}" / "teacher")
     steps = root / f"s{seed}"
 
     def teacher_row() -> dict:
         with timer() as t:
-            _run_once(train_teacher, load_config(train_teacher.Config, {**common, "output_uri": teacher_uri, "preset": "tiny",
+            _run_once(train_teacher, load_config(train_teacher.Config, {**common, **model, "output_uri": teacher_uri,
                                                                          "iterations": args.teacher_iters, "lr": args.lr}))
         teacher_ap = coco_ap(load_detector(teacher_uri), ds, eval_ids)
         progress(f"seed {seed}: teacher AP {teacher_ap['AP']:.2f} AP50 {teacher_ap['AP50']:.2f} ({t():.0f} s)")
@@ -188,7 +193,8 @@ def run_seed(seed: int, args, root: Path, dataset_uri: str) -> list[dict]:
 
     def control_row() -> dict:
         _run_once(train_teacher, load_config(train_teacher.Config, {
-            **common, "output_uri": control_uri, "preset": "tiny", "iterations": args.student_iters, "lr": args.student_lr,
+            **common, "output_uri": control_uri, "preset": args.preset, "preset_options": model["preset_options"],
+            "iterations": args.student_iters, "lr": args.student_lr,
             "warmup_iters": args.student_warmup, "init_checkpoint_uri": teacher_uri}))
         ap = coco_ap(load_detector(control_uri), ds, eval_ids)
         progress(f"seed {seed}: supervised control AP {ap['AP']:.2f} AP50 {ap['AP50']:.2f}")
@@ -242,6 +248,35 @@ def run_seed(seed: int, args, root: Path, dataset_uri: str) -> list[dict]:
     return rows
 
 
+def labeled_count(args, train_images: int) -> int:
+    """Labeled images per seed: ``--labeled-pct`` of the train split when given, else ``--labeled``."""
+    if args.labeled_pct is None:
+        return args.labeled
+    return max(2, round(train_images * args.labeled_pct / 100))
+
+
+def make_dataset(args, root: Path) -> str:
+    """The benchmark's dataset: SynthDrive (``--sequences`` x 5 frames), or traffic-cams split by scene
+    (70 % train = labeled + unlabeled pool, 30 % val = the evaluation set)."""
+    from activedet import store
+    from activedet.data.synth import generate_synthdrive
+
+    uri = str(root / args.dataset)
+    if store.is_committed(uri):
+        return uri
+    if args.dataset == "synthdrive":
+        generate_synthdrive(uri, sequences=args.sequences, frames=5, seed=0)
+        return uri
+    from activedet.data.split import SplitSettings, split_dataset
+    from activedet.data.yolo import import_yolo
+
+    raw = str(root / "traffic-cams-raw")
+    if not store.is_committed(raw):
+        import_yolo(str(TRAFFIC_CAMS), out_uri=raw)
+    split_dataset(raw, uri, SplitSettings(val_fraction=0.3, seed=0, workers=2))
+    return uri
+
+
 def summarise(rows: list[dict]) -> list[dict]:
     teacher = {r["seed"]: r for r in rows if r["model"] == "teacher"}
     control = {r["seed"]: r for r in rows if r["model"] == "control (labeled only)"}
@@ -264,7 +299,7 @@ def summarise(rows: list[dict]) -> list[dict]:
     return out
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, title: str = "SynthDrive") -> None:
     from activedet.plots import save_png, subplots
 
     models = list(dict.fromkeys(r["model"] for r in rows))
@@ -274,12 +309,18 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.bar(range(len(models)), means, yerr=stds, capsize=4, color=["grey", "silver"] + ["tab:blue"] * (len(models) - 2))
     ax.set_xticks(range(len(models)), models, rotation=30, ha="right")
     ax.set_ylabel("COCO AP (val + test)")
-    ax.set_title("SynthDrive: SSL student vs supervised teacher (mean +- std over seeds)")
+    ax.set_title(f"{title}: SSL student vs supervised teacher (mean +- std over seeds)")
     save_png(fig, path, dpi=120)
 
 
 COLUMNS = ["model", "AP", "AP50", "AP - teacher", "wins", "AP - control [95% CI]", "vs control", "pseudo boxes",
            "pseudo precision", "pseudo recall"]
+
+
+def _title(settings: dict) -> str:
+    share = settings.get("labeled_pct")
+    labeled = f"{share:g} % labeled" if share is not None else f"{settings.get('labeled')} labeled"
+    return f"{settings.get('dataset', 'synthdrive')}, {settings.get('preset', 'tiny')}, {labeled}"
 
 
 def combine(paths: list[Path], out: Path | None, name: str = "ssl_student") -> None:
@@ -294,7 +335,7 @@ def combine(paths: list[Path], out: Path | None, name: str = "ssl_student") -> N
     payload = {"settings": settings, "filter_params": runs[0]["filter_params"], "rows": rows, "summary": summary,
                "seconds": [run["seconds"] for run in runs], "machine": runs[0]["machine"]}
     jpath, _ = write_results(name, payload, rows, out)
-    plot(rows, jpath.with_suffix(".png"))
+    plot(rows, jpath.with_suffix(".png"), _title(settings))
     progress(f"combined {len(paths)} runs -> {jpath}")
 
 
@@ -302,7 +343,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sequences", type=int, default=40, help="SynthDrive sequences (5 frames each)")
+    ap.add_argument("--dataset", choices=("synthdrive", "traffic-cams"), default="synthdrive",
+                    help="synthdrive (generated) or the real frames of ../shared/datasets/traffic-cams (split by scene)")
     ap.add_argument("--labeled", type=int, default=16, help="labeled train images per seed")
+    ap.add_argument("--labeled-pct", type=float, default=None, help="labeled share of the train split (overrides --labeled)")
+    ap.add_argument("--preset", default="tiny", help="detector preset (lite0_fpn: the pretrained CPU preset)")
+    ap.add_argument("--preset-options", default="{}", help="preset options (JSON), e.g. min_size / max_size")
+    ap.add_argument("--backbone-weights", default="none", help="train-teacher backbone_weights ('none' = from scratch)")
     ap.add_argument("--teacher-iters", type=int, default=240)
     ap.add_argument("--student-iters", type=int, default=120)
     ap.add_argument("--batch-size", type=int, default=4)
@@ -327,17 +374,12 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from activedet import store
-    from activedet.data.synth import generate_synthdrive
-
     rows: list[dict] = []
     work = contextlib.nullcontext(str(args.work)) if args.work else tempfile.TemporaryDirectory(prefix="ssl-bench-")
     with work as tmp, timer() as total:
         root = Path(tmp)
         root.mkdir(parents=True, exist_ok=True)
-        dataset_uri = str(root / "synthdrive")
-        if not store.is_committed(dataset_uri):
-            generate_synthdrive(dataset_uri, sequences=args.sequences, frames=5, seed=0)
+        dataset_uri = make_dataset(args, root)
         for seed in args.seeds:
             rows += run_seed(seed, args, root, dataset_uri)
         elapsed = total()
@@ -347,7 +389,7 @@ def main() -> None:
     payload = {"settings": settings, "filter_params": FILTER_SETTINGS, "rows": rows, "summary": summary,
                "seconds": elapsed, "machine": machine()}
     jpath, _ = write_results(args.name, payload, rows, args.out)
-    plot(rows, jpath.with_suffix(".png"))
+    plot(rows, jpath.with_suffix(".png"), _title(settings))
     progress(f"done in {elapsed:.0f} s -> {jpath}")
 
 
