@@ -185,6 +185,7 @@ def test_two_rank_mean_teacher_resumes_after_kill_with_one_ema_teacher(small_ds,
     assert training["distributed"]["world_size"] == 2
     first, second = training["ema_teacher_sha256"]
     assert first == second  # the EMA teacher is the same on both ranks
+    assert len(set(training["thresholds_sha256"])) == 1  # so are the online statistics (summed over ranks)
     # the online statistics came back from the checkpoint: one update per iteration over the whole run
     assert training["final_dynamic"]["updates"] == settings["iterations"] and training["final_dynamic"]["refreshed_at"] == 8
     assert any(k.startswith("unsup/") for k in training["final_losses"])

@@ -681,7 +681,8 @@ class MeanTeacherHook:
     Data-parallel: before training rank 0's EMA teacher and threshold state (restored on resume)
     are broadcast; before each EMA update the student's buffers (BN statistics, which each rank
     updates with its own batch) are broadcast from rank 0, so the EMA teacher stays identical on
-    every rank; after training the ranks' teacher digests are compared (``ema_teacher_sha256``).
+    every rank; after training the ranks' teacher and threshold-state digests are compared
+    (``ema_teacher_sha256``, ``thresholds_sha256`` in ``train.json``).
 
     Listed before the :class:`~activedet.models.train.ResumeCheckpointer`, so a checkpoint at
     iteration ``i`` holds the teacher and threshold state after step ``i``.
@@ -727,14 +728,20 @@ class MeanTeacherHook:
     def after_train(self, trainer) -> None:
         from activedet.models import distributed
 
-        digests = distributed.all_gather_object(state_digest(self.loss.teacher))
-        if len(set(digests)) > 1:
-            log.warning("mean teacher: the EMA teacher differs across ranks (%s)", digests)
+        th = self.loss.thresholds
+        doc = th.to_json() if th.state is not None else None
+        digests = distributed.all_gather_object(
+            (state_digest(self.loss.teacher), hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest())
+        )
+        for what, values in (("EMA teacher", [d[0] for d in digests]), ("threshold state", [d[1] for d in digests])):
+            if len(set(values)) > 1:
+                log.warning("mean teacher: the %s differs across ranks (%s)", what, values)
         _student(trainer.model).load_state_dict(self.loss.teacher.state_dict())
-        if self.info is not None and self.loss.thresholds.state is not None:
-            self.info[f"final_{self.loss.thresholds.name}"] = self.loss.thresholds.to_json()
-            if len(digests) > 1:
-                self.info["ema_teacher_sha256"] = digests
+        if self.info is not None and doc is not None:
+            self.info[f"final_{th.name}"] = doc
+            if len(digests) > 1:  # data-parallel: each rank's digests, for the record
+                self.info["ema_teacher_sha256"] = [d[0] for d in digests]
+                self.info["thresholds_sha256"] = [d[1] for d in digests]
 
 
 def _student(model: nn.Module) -> nn.Module:
