@@ -120,6 +120,7 @@ def test_local_run_two_mean_teacher_cycles_with_2_ranks_and_2_pseudo_label_shard
         # the cycle's model is the EMA teacher, recorded as such, the same on both ranks, and it is what was evaluated
         assert student["published_model"] == "ema_teacher" and student["ssl_mode"] == "mean_teacher"
         assert len(set(student["training"]["ema_teacher_sha256"])) == 1 and "final_act" in student["training"]
+        assert len(set(student["training"]["thresholds_sha256"])) == 1  # ACT estimated on both ranks' shares, gathered
         evaluation = json.loads((local(lay.eval(cycle)) / "metrics.json").read_text())
         assert evaluation["checkpoint_uri"] == lay.model(cycle) == lay.student(cycle)
         assert {"AP", "AP50"} <= set(evaluation["metrics"])
