@@ -161,21 +161,38 @@ def ssl_section(ssl: dict | None) -> str:
         _table(["model", "AP", "AP50", "AP - teacher", "seeds better than teacher", "pseudo boxes", "pseudo precision"], rows), ""])
 
 
-def ssl_modes_section(ssl: dict | None) -> str:
-    """Offline (act) vs online (mean_teacher) student against the supervised control (``ssl_student_mt.json``)."""
+def ssl_modes_section(ssl: dict | None, title: str = "SSL student: offline vs mean teacher") -> str:
+    """Offline students vs the online mean teacher against the supervised control (``ssl_student_*.json``)."""
     if ssl is None:
         return ""
     s = ssl["settings"]
     rows = [[r["model"], r["AP"], r["AP50"], r.get("AP - control [95% CI]", ""), r.get("vs control", ""), r["pseudo precision"],
              r.get("pseudo recall", "")] for r in ssl["summary"]]
+    dataset = {"synthdrive": "SynthDrive", "traffic-cams": "traffic-cams (real frames)"}[s.get("dataset", "synthdrive")]
+    share = s.get("labeled_pct")
+    labeled = f"{share:g} % of the train split labeled" if share is not None else f"{s['labeled']} labeled images"
+    weights = "" if s.get("backbone_weights", "none") == "none" else f", backbone {s['backbone_weights']}"
+    flags = "".join(f" --{k.replace('_', '-')} {s[k]}" for k in ("dataset", "labeled_pct", "preset") if s.get(k) is not None)
+    if dataset == "SynthDrive":
+        dataset += f" ({s['sequences']} sequences x 5 frames)"
     return "\n".join([
-        "### SSL student: offline vs mean teacher", "",
-        f"`benchmarks/ssl_student.py --modes {' '.join(s['modes'])} --filters {' '.join(s['filters'])}`: {s['labeled']} labeled "
-        f"SynthDrive images ({s['sequences']} sequences x 5 frames), seeds {s['seeds']}, teacher {s['teacher_iters']} iterations, "
-        f"every student and the control {s['student_iters']}; COCO AP x100 on val + test; AP - control = mean paired "
-        "difference to the teacher trained as long on labeled images only, 95 % bootstrap interval over seeds. "
-        "Mean-teacher pseudo-label precision / recall (IoU 0.5): per-iteration MLflow metrics, last quarter of the run.", "",
+        f"### {title}", "",
+        f"`benchmarks/ssl_student.py{flags} --modes {' '.join(s['modes'])} --filters {' '.join(s['filters'])}`: "
+        f"{dataset}, {labeled}, preset {s.get('preset', 'tiny')}{weights}, seeds {s['seeds']}, teacher "
+        f"{s['teacher_iters']} iterations, every student and the control {s['student_iters']}; COCO AP x100 on the held-out "
+        "split(s); AP - control = mean paired difference to the teacher trained as long on labeled images only, 95 % "
+        "bootstrap interval over seeds (a claim holds only when it excludes 0). Mean-teacher pseudo-label precision / "
+        "recall (IoU 0.5): per-iteration MLflow metrics, last quarter of the run.", "",
         _table(["model", "AP", "AP50", "AP - control [95% CI]", "vs control", "pseudo precision", "pseudo recall"], rows), ""])
+
+
+#: pretrained-preset SSL runs (issue 15): results file -> section title
+SSL_PRETRAINED = {"ssl_student_lite0_5pct": "SSL student, pretrained lite0_fpn, 5 % labeled",
+                  "ssl_student_lite0_10pct": "SSL student, pretrained lite0_fpn, 10 % labeled"}
+
+
+def ssl_pretrained_sections() -> list[str]:
+    return [ssl_modes_section(_load(name), title) for name, title in SSL_PRETRAINED.items()]
 
 
 def teacher_section(t: dict | None) -> str:
@@ -211,7 +228,8 @@ def readme_block() -> str:
     parts = [BEGIN, "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py` (full tables: "
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
-             ssl_modes_section(_load("ssl_student_mt")), teacher_section(_load("teacher")), verify_section(vc),
+             ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), teacher_section(_load("teacher")),
+             verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO), END]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
@@ -223,7 +241,8 @@ def results_page() -> str:
              "(CI runs `--check`). What each benchmark measures: [benchmarks/README.md](../benchmarks/README.md). "
              + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
-             ssl_modes_section(_load("ssl_student_mt")), teacher_section(_load("teacher")), verify_section(vc),
+             ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), teacher_section(_load("teacher")),
+             verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO)]
     return "\n".join(p.rstrip("\n") + "\n" for p in parts if p).rstrip("\n") + "\n"
