@@ -448,3 +448,25 @@ def test_mean_teacher_stage_resumes_after_kill(small, tmp_path, caplog):
     history = client.get_metric_history(run.info.run_id, "ssl/pseudo_per_image")
     assert sorted(m.step for m in history) == list(range(killed_at + 1, SETTINGS["iterations"] + 1))  # every iteration
     assert "ssl/pseudo_precision" in run.data.metrics and not math.isnan(run.data.metrics["ssl/pseudo_per_image"])
+
+
+def test_mean_teacher_stage_trains_the_certainty_head_with_online_dynamic_thresholds(small, tmp_path):
+    """The stage used to refuse the certainty head; now its v feeds the online c_m and it trains on pseudo boxes."""
+    from activedet.data.dataset import load_dataset
+    from activedet.models.checkpoint import detector_for_dataset, read_checkpoint_meta
+
+    torch.manual_seed(0)
+    det = detector_for_dataset("tiny", load_dataset(small["dataset_uri"]), min_size=64, max_size=128, box_head="certainty", intervals=4)
+    teacher = upload_checkpoint(det, str(tmp_path / "teacher"))
+    out = str(tmp_path / "student")
+    settings = {**small, "teacher_checkpoint_uri": teacher, "output_uri": out, "iterations": 3, "batch_size": 4,
+                "checkpoint_every": 0, "warmup_iters": 0, "lr": 0.005, "device": "cpu", "mode": "mean_teacher",
+                "mean_teacher": {"thresholds": "dynamic", "dynamic": {"seed_images": 4, "tau": 0.05, "tau_min": 0.01}}}
+    res = stage.run(load_config(stage.Config, settings))
+    assert res["thresholds"] == "dynamic"
+    meta = read_checkpoint_meta(out)
+    assert meta["box_head"]["type"] == "certainty" and meta["published_model"] == "ema_teacher"
+    final = meta["training"]["final_dynamic"]
+    assert final["updates"] == 3 and final["seed_images"] == 4 and final["refreshed_at"] == 3
+    assert sum(final["counts"].values()) > 0 and sum(final["sums"].values()) > 0  # the teacher's candidates were accumulated
+    assert {"unsup/loss_box_interval", "unsup/loss_box_refine", "unsup/loss_classifier"} <= set(meta["training"]["final_losses"])
