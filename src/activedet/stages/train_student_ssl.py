@@ -122,7 +122,8 @@ class Config(StageConfig):
     lambda_u: float = Field(
         1.0, ge=0.0, description=f"weight of the unsupervised (pseudo-label) loss (mode mean_teacher: {MEAN_TEACHER_LAMBDA_U} when unset)"
     )
-    use_class_weights: bool = Field(True, description="multiply class-m pseudo-box losses by alpha_m from thresholds.json")
+    use_class_weights: bool = Field(True, description="multiply class-m pseudo-box losses by alpha_m from thresholds.json "
+                                    "(mode mean_teacher with thresholds dynamic: by the online alpha_m)")
     uncertain_boxes: Literal["classification", "ignore"] = Field(
         "classification",
         description="uncertain pseudo boxes: 'classification' (no box regression) or 'ignore' (dropped)",
