@@ -32,7 +32,8 @@ def tiny(data: dict) -> dict:
         "budget": 2,
         "cycles": 2 if data.get("labeling", "oracle") == "oracle" else 1,
         "training": training,
-        "pseudo_labels": {**data.get("pseudo_labels", {}), "max_pool_images": 4},
+        "pseudo_labels": {**data.get("pseudo_labels", {}), "max_pool_images": 4,
+                          "shards": min(2, data.get("pseudo_labels", {}).get("shards", 1))},
         "acquisition": acquisition,
         "stopping": {**data.get("stopping", {}), "budget_cap": None, "target_ap": None},
         "mlflow": {**data.get("mlflow", {}), "tracking_uri": None},
@@ -97,12 +98,20 @@ def _check_outputs(exp, outcome, run_dir: Path) -> None:
     shards = exp.acquisition.shards if scores_needed(exp) else 0  # random / uniform select without scores
     assert all((run_dir / "store" / "cycle-00" / "scores" / f"shard-{i:02d}" / "_MANIFEST.json").exists() for i in range(shards))
     assert (run_dir / "store" / "cycle-00" / "scores").exists() == bool(shards)
+    # pseudo-labels: none for the mean teacher (it labels every batch); sharded: every shard, then one merge
+    pseudo_shards = exp.pseudo_labels.shards if exp.ssl.needs_pseudo_labels and exp.pseudo_labels.shards > 1 else 0
+    cycle0 = run_dir / "store" / "cycle-00"
+    assert all((cycle0 / "pseudo_candidates" / f"shard-{i:02d}" / "_MANIFEST.json").exists() for i in range(pseudo_shards))
+    assert (cycle0 / "pseudo_labels").exists() == exp.ssl.needs_pseudo_labels
+    if pseudo_shards:
+        merged = json.loads((cycle0 / "pseudo_labels" / "metrics.json").read_text())
+        assert merged["shards"] == pseudo_shards and outcome.rows[0]["pseudo_labels"] == merged["pseudo_boxes"]
 
     assert [r["cycle"] for r in outcome.rows] == list(range(exp.cycles))
     assert [r["labeled"] for r in outcome.rows] == labeled
     for row in outcome.rows:
         assert 0.0 <= row["AP"] <= 1.0 and 0.0 <= row["AP50"] <= 1.0
-        assert (row["pseudo_labels"] is not None) == exp.ssl.enabled
+        assert (row["pseudo_labels"] is not None) == exp.ssl.needs_pseudo_labels
     assert outcome.rows[-1]["reason"] == "last cycle"
     assert outcome.budget_curve is not None and outcome.budget_curve.stat().st_size > 0
 

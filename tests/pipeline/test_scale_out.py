@@ -2,8 +2,8 @@
 
 Compiled: ``kubernetes.accelerator_limit: 2`` gives the training pods 2 GPUs and their stages 2
 ranks; ``pseudo_labels.shards: 2`` gives a ParallelFor of generate-pseudo-labels shards and a
-merge-pseudo-labels task after it. Run for real through kfp.local: 2 gloo ranks per training
-task and 2 unrolled pseudo-label shards + merge.
+merge-pseudo-labels task after it; the mean teacher's cycles have no pseudo-label stage. Run for
+real through kfp.local: 2 gloo ranks per training task, the mean-teacher student included.
 """
 
 from __future__ import annotations
@@ -83,10 +83,31 @@ def test_pseudo_label_shards_compile_to_a_parallel_for_and_a_merge(cluster_exper
     assert stages[:5] == ["train-teacher", "generate-pseudo-labels", "generate-pseudo-labels", "generate-pseudo-labels", "merge-pseudo-labels"]
 
 
+def test_mean_teacher_cycles_have_no_pseudo_label_stage(cluster_experiment, tmp_path, compile_docs):
+    from activedet.config import load_config
+    from activedet.errors import ConfigError
+    from activedet.stages import train_student_ssl
+
+    exp = _with(cluster_experiment, ssl={"mode": "mean_teacher"}, pseudo_labels={"shards": 3})
+    assert [stage for stage, _ in plan.cycle_stages(exp, 0)][:3] == ["train-teacher", "train-student-ssl", "evaluate"]
+    spec, _, _ = compile_docs(exp, tmp_path)
+    tasks = _tasks(spec)
+    assert not any(n.startswith(("generate-pseudo-labels", "merge-pseudo-labels")) for t in tasks.values() for n in t)
+    student = next(t for t in tasks.values() if "train-student-ssl" in t)["train-student-ssl"]
+    assert "train-teacher" in student["dependentTasks"]
+    config = plan.stage_config("train-student-ssl", exp, "s3://b/run", 0)
+    assert config.pseudo_labels_uri is None
+    offline = config.model_dump(mode="json") | {"mode": "offline"}
+    with pytest.raises(ConfigError, match="pseudo_labels_uri: mode offline trains on generate-pseudo-labels"):
+        load_config(train_student_ssl.Config, offline)
+
+
 @pytest.mark.slow
-def test_local_run_two_mean_teacher_cycles_with_2_ranks_and_2_pseudo_label_shards(demo_experiment, tmp_path):
+def test_local_run_two_mean_teacher_cycles_with_2_ranks(demo_experiment, tmp_path):
     """kfp.local, two cycles: 2 gloo ranks per training task (the mean-teacher student too, issues 15/18),
-    2 pseudo-label shards + merge; each cycle publishes and evaluates the EMA teacher."""
+    no pseudo-label stage (the EMA teacher labels every batch); each cycle publishes and evaluates the
+    EMA teacher. Sharded pseudo-labels run through kfp.local in tests/pipeline/test_configs.py
+    (configs/voc_r50_cluster.yaml)."""
     from activedet.pipeline.local import run_local
 
     data = demo_experiment.model_dump(mode="json")
@@ -103,10 +124,8 @@ def test_local_run_two_mean_teacher_cycles_with_2_ranks_and_2_pseudo_label_shard
     assert outcome.state == "SUCCEEDED"
     lay = outcome.layout
     store_dir = tmp_path / "run" / "store" / "cycle-00"
-    assert all((store_dir / "pseudo_candidates" / f"shard-{i:02d}" / "_MANIFEST.json").exists() for i in range(2))
-    metrics = json.loads((store_dir / "pseudo_labels" / "metrics.json").read_text())
-    assert metrics["shards"] == 2 and metrics["pool_images"] == 6
-    assert outcome.rows[0]["pseudo_labels"] == metrics["pseudo_boxes"]  # finish-cycle read the merge's result
+    assert not (store_dir / "pseudo_candidates").exists() and not (store_dir / "pseudo_labels").exists()
+    assert all(r["pseudo_labels"] is None for r in outcome.rows)
 
     def local(uri):
         return tmp_path / "run" / "store" / uri.split("/store/")[-1]

@@ -160,11 +160,13 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
                 run_id = sc.output
                 teacher = conf(c.train_teacher(cycle_run_id=run_id, **common))
                 last, pseudo_result = teacher, "{}"
-                if ssl:
+                if ssl and exp.ssl.needs_pseudo_labels:
                     pseudo = pseudo_labels(c, exp, conf, name=f"{arm + '-' if arm else ''}pseudo-label-shards-cycle-{k}",
                                            platform=platform, after=teacher, cycle_run_id=run_id, **common)
                     student = conf(c.train_student_ssl(cycle_run_id=run_id, **common).after(pseudo))
                     last, pseudo_result = student, pseudo.output
+                elif ssl:  # the mean teacher labels every batch itself: no pseudo-label stage
+                    last = conf(c.train_student_ssl(cycle_run_id=run_id, **common).after(teacher))
                 ev = conf(c.evaluate(cycle_run_id=run_id, **common).after(last))
                 fin = conf(
                     c.finish_cycle(

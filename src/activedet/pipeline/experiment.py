@@ -105,6 +105,12 @@ class SSLSpec(FrozenModel):
         "tau_max, update_every, seed_images); unset: the stage defaults)"
     )
 
+    @property
+    def needs_pseudo_labels(self) -> bool:
+        """Whether the student trains on generate-pseudo-labels' table: the offline mode does; the
+        mean teacher labels every batch itself (so its cycles have no pseudo-label stage)."""
+        return self.enabled and self.mode != "mean_teacher"
+
 
 class AcquisitionSpec(FrozenModel):
     """Acquisition score and batch-selection strategy (METHODS.md sections 5-6)."""

@@ -49,12 +49,13 @@ def scores_needed(exp: ExperimentConfig) -> bool:
 def cycle_stages(exp: ExperimentConfig, cycle: int) -> list[tuple[str, dict[str, Any]]]:
     """The stages of cycle ``cycle`` in order, each with its upstream values (shard, budget)."""
     steps: list[tuple[str, dict[str, Any]]] = [("train-teacher", {})]
-    if exp.ssl.enabled:
+    if exp.ssl.needs_pseudo_labels:
         if exp.pseudo_labels.shards > 1:
             steps += [("generate-pseudo-labels", {"shard": s}) for s in range(exp.pseudo_labels.shards)]
             steps.append(("merge-pseudo-labels", {}))
         else:
             steps.append(("generate-pseudo-labels", {}))
+    if exp.ssl.enabled:
         steps.append(("train-student-ssl", {}))
     steps.append(("evaluate", {}))
     if selects_after(exp, cycle):

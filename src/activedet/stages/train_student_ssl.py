@@ -114,7 +114,10 @@ class Config(StageConfig):
     ledger_uri: str = Field(
         description="committed ledger output (ledger.parquet); labeled set = train images in state 'labeled'"
     )
-    pseudo_labels_uri: str = Field(description="output prefix of generate-pseudo-labels (pseudo_boxes.parquet, thresholds.json)")
+    pseudo_labels_uri: str | None = Field(
+        None, description="output prefix of generate-pseudo-labels (pseudo_boxes.parquet, thresholds.json); mode offline "
+        "only (mean_teacher labels every batch itself)"
+    )
     output_uri: str = Field(description="output prefix for the student checkpoint and metrics")
     iterations: int = Field(600, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=2, description="images per mini-batch (labeled + pseudo-labeled)")
@@ -155,6 +158,12 @@ class Config(StageConfig):
             data = {**data, "lambda_u": MEAN_TEACHER_LAMBDA_U}
         return data
 
+    @model_validator(mode="after")
+    def _pseudo_labels_for_offline(self) -> Config:
+        if self.mode == "offline" and not self.pseudo_labels_uri:
+            raise ValueError("pseudo_labels_uri: mode offline trains on generate-pseudo-labels' output: give its prefix")
+        return self
+
 
 
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
@@ -170,7 +179,8 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
             "checkpoint_every": "training.checkpoint_every", "num_workers": "training.num_workers", "device": "device",
         },
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
-        pseudo_labels_uri=layout.pseudo_labels(cycle), output_uri=layout.student(cycle), seed=exp.seed + cycle,
+        pseudo_labels_uri=layout.pseudo_labels(cycle) if exp.ssl.needs_pseudo_labels else None,
+        output_uri=layout.student(cycle), seed=exp.seed + cycle,
         devices=training_devices(exp),
     )
 
