@@ -99,18 +99,20 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict:
 
 def run_one(work: Path, dataset_uri: str, head: str, seed: int, args) -> dict:
     """train-teacher + evaluate + IoU correlations of one (head, seed); cached under ``work/runs``."""
-    record = work / "runs" / f"{head}-s{seed}-it{args.iterations}.json"
+    tag = "" if args.preset == "tiny" and args.backbone_weights == "none" else f"-{args.preset}-{args.backbone_weights}"
+    record = work / "runs" / f"{head}-s{seed}-it{args.iterations}{tag}.json"
     if record.exists():
         return json.loads(record.read_text())
     from activedet import store
     from activedet.data.dataset import load_dataset
     from activedet.stages import evaluate, train_teacher
 
-    out = work / "models" / f"{head}-s{seed}-it{args.iterations}"
+    out = work / "models" / f"{head}-s{seed}-it{args.iterations}{tag}"
     load0 = os.getloadavg()[0]
     t0 = time.monotonic()
     tres = train_teacher.run(train_teacher.Config(
-        dataset_uri=dataset_uri, output_uri=str(out / "teacher"), preset="tiny", preset_options=HEADS[head],
+        dataset_uri=dataset_uri, output_uri=str(out / "teacher"), preset=args.preset, preset_options=HEADS[head],
+        backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, warmup_iters=min(50, args.iterations // 5),
         seed=seed, device="cpu", checkpoint_every=0,
     ))
@@ -128,7 +130,7 @@ def run_one(work: Path, dataset_uri: str, head: str, seed: int, args) -> dict:
     quality = np.asarray(preds.column("loc_quality").to_pylist(), dtype=np.float64)
     has_v = np.isfinite(quality).any()
     result = {
-        "head": head, "preset_options": HEADS[head], "seed": seed, "iterations": args.iterations,
+        "head": head, "preset": args.preset, "backbone_weights": args.backbone_weights, "preset_options": HEADS[head], "seed": seed, "iterations": args.iterations,
         "batch_size": args.batch_size, "lr": args.lr, "train_s": round(train_s, 1), "it_per_s": round(tres.it_per_s, 3),
         "final_loss": round(tres.final_loss, 4), "AP": eres["AP"], "AP50": eres["AP50"], "AP75": eres.get("AP75"),
         "predictions": int(keep.sum()), "mean_iou": round(float(iou[keep].mean()), 4) if keep.any() else None,
@@ -157,7 +159,7 @@ def summarise(runs: list[dict]) -> list[dict]:
         rs = [r for r in runs if r["head"] == head]
         if not rs:
             continue
-        row: dict = {"head": head, "seeds": len(rs), "iterations": rs[0]["iterations"]}
+        row: dict = {"head": head, "seeds": len(rs), "iterations": rs[0]["iterations"], "preset": rs[0].get("preset", "tiny")}
         values = {
             "AP": [r["AP"] for r in rs], "AP50": [r["AP50"] for r in rs], "AP75": [r["AP75"] for r in rs],
             "train_s": [r["train_s"] for r in rs], "mean_iou": [r["mean_iou"] for r in rs],
@@ -181,7 +183,7 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
     for off, metric in ((-0.27, "AP"), (0.0, "AP50"), (0.27, "AP75")):
         ax.bar(x + off, [r[metric] for r in rows], 0.27, yerr=[r[f"{metric}_std"] for r in rows], capsize=3, label=metric)
     ax.set_xticks(x, [r["head"] for r in rows])
-    ax.set_title(f"tiny teacher on SynthDrive val ({rows[0]['iterations']} it, mean +- std over seeds)")
+    ax.set_title(f"{rows[0].get('preset', 'tiny')} teacher on SynthDrive val ({rows[0]['iterations']} it, mean +- std over seeds)")
     ax.legend()
     for r in runs:
         if r.get("scatter") and r["seed"] == min(q["seed"] for q in runs):
@@ -206,7 +208,9 @@ def render(payload: dict) -> str:
               "v_iou_s": pm(r, "spearman_v_iou", 2)} for r in rows]
     s = payload["settings"]
     lines = [
-        f"Certainty-aware vs standard box head: preset tiny from scratch on SynthDrive {s['sequences']}x{s['frames']} "
+        f"Certainty-aware vs standard box head: preset {s.get('preset', 'tiny')} "
+        + ("from scratch" if s.get("backbone_weights", "none") == "none" else f"with {s['backbone_weights']} backbone weights")
+        + f" on SynthDrive {s['sequences']}x{s['frames']} "
         f"(val split), {s['iterations']} iterations, batch {s['batch_size']}, lr {s['lr']}, seeds {payload['seeds']}; "
         f"correlations over val predictions with score >= {s['corr_min_score']}; machine load average "
         f"{payload['loadavg_range'][0]}-{payload['loadavg_range'][1]}. Command: `{payload['command']}`. "
@@ -265,6 +269,8 @@ def main(argv=None) -> None:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--heads", nargs="+", default=list(HEADS), choices=list(HEADS))
     p.add_argument("--iterations", type=int, default=300)
+    p.add_argument("--preset", default="tiny", help="detector preset (lite0_fpn: the pretrained CPU preset)")
+    p.add_argument("--backbone-weights", default="none", help="train-teacher backbone_weights ('none' = from scratch)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=0.04)
     p.add_argument("--sequences", type=int, default=40)
@@ -278,7 +284,8 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     runs = []
     if args.render:
-        for f in sorted((args.work / "runs").glob(f"*-it{args.iterations}.json")):
+        tag = "" if args.preset == "tiny" and args.backbone_weights == "none" else f"-{args.preset}-{args.backbone_weights}"
+        for f in sorted((args.work / "runs").glob(f"*-it{args.iterations}{tag}.json")):
             runs.append(json.loads(f.read_text()))
     else:
         uri = prepare_synthdrive(args.work, args.sequences, args.frames)
