@@ -143,3 +143,46 @@ def test_local_run_two_mean_teacher_cycles_with_2_ranks(demo_experiment, tmp_pat
         evaluation = json.loads((local(lay.eval(cycle)) / "metrics.json").read_text())
         assert evaluation["checkpoint_uri"] == lay.model(cycle) == lay.student(cycle)
         assert {"AP", "AP50"} <= set(evaluation["metrics"])
+
+
+@pytest.mark.parametrize("cache", [{"pvc": "activedet-cache"}, {"size": "200Gi", "storage_class": "local-nvme"}])
+def test_dataset_cache_volume_on_every_gpu_stage(cluster_experiment, tmp_path, compile_docs, cache):
+    """kubernetes.dataset_cache: the shared claim or a per-pod ephemeral volume (a storage request the
+    scheduler honours) at mount_path, and ACTIVEDET_CACHE_DIR pointing there; CPU stages untouched."""
+    from activedet.pipeline.components import is_gpu
+
+    exp = _with(cluster_experiment, kubernetes={"dataset_cache": {**cache, "mount_path": "/cache"}})
+    spec, platform, _ = compile_docs(exp, tmp_path)
+    containers = spec["deploymentSpec"]["executors"]
+    executors = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+    def component(executor: str) -> str:  # exec-train-teacher-2 -> train-teacher (cycles unrolled)
+        name = executor.removeprefix("exec-")
+        return name.rsplit("-", 1)[0] if name.rsplit("-", 1)[-1].isdigit() else name
+
+    gpu = [e for e in containers if is_gpu(component(e))]
+    assert {"exec-train-teacher", "exec-score-unlabeled", "exec-evaluate"} <= set(gpu)
+    for name in containers:
+        env = {e["name"]: e.get("value") for e in containers[name]["container"].get("env", [])}
+        volumes = executors.get(name, {})
+        if name in gpu:
+            assert env["ACTIVEDET_CACHE_DIR"] == "/cache"
+            if "pvc" in cache:
+                assert volumes["pvcMount"][0]["mountPath"] == "/cache"
+                assert "activedet-cache" in str(volumes["pvcMount"][0])
+            else:
+                eph = volumes["genericEphemeralVolume"][0]
+                assert eph["mountPath"] == "/cache" and eph["size"] == "200Gi" and eph["storageClassName"] == "local-nvme"
+        else:
+            assert "ACTIVEDET_CACHE_DIR" not in env and "pvcMount" not in volumes and "genericEphemeralVolume" not in volumes
+
+
+@pytest.mark.parametrize("cache, message", [
+    ({}, "give either pvc"), ({"pvc": "a", "size": "1Gi"}, "give either pvc"), ({"size": "lots"}, "not a Kubernetes quantity"),
+    ({"pvc": "a", "storage_class": "x"}, "storage_class applies to the ephemeral volume"),
+    ({"pvc": "a", "mount_path": "cache"}, "not an absolute path"),
+])
+def test_bad_dataset_cache_fails_at_load(cluster_experiment, cache, message):
+    from activedet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=message):
+        _with(cluster_experiment, kubernetes={"dataset_cache": cache})

@@ -37,6 +37,7 @@ from activedet.pipeline.plan import scores_needed
 from activedet.stages import STAGES, multi_device
 
 SHM_VOLUME = "dshm"
+CACHE_VOLUME = "activedet-cache"
 
 
 def default_run_root(exp: ExperimentConfig) -> str:
@@ -78,9 +79,22 @@ def _configure(task: dsl.PipelineTask, exp: ExperimentConfig, platform: bool) ->
         for tol in kube.tolerations:
             k8s.add_toleration(task, key=tol.key, operator=tol.operator, value=tol.value, effect=tol.effect)
         k8s.empty_dir_mount(task, volume_name=SHM_VOLUME, mount_path="/dev/shm", medium="Memory", size_limit=kube.shm_size)
+        if kube.dataset_cache is not None:
+            mount_dataset_cache(task, kube.dataset_cache)
     else:
         task.set_cpu_request(kube.cpu_cpu_request).set_memory_request(kube.cpu_memory_request)
     return task
+
+
+def mount_dataset_cache(task: dsl.PipelineTask, cache) -> None:
+    """The image cache of a GPU stage on a volume: the shared claim, or a per-pod generic ephemeral
+    volume (a storage request the scheduler honours; KFP has no ephemeral-storage resource field)."""
+    if cache.pvc:
+        k8s.mount_pvc(task, pvc_name=cache.pvc, mount_path=cache.mount_path)
+    else:
+        k8s.add_ephemeral_volume(task, volume_name=CACHE_VOLUME, mount_path=cache.mount_path, access_modes=["ReadWriteOnce"],
+                                 size=cache.size, storage_class_name=cache.storage_class)
+    task.set_env_variable("ACTIVEDET_CACHE_DIR", cache.mount_path)
 
 
 def shard_and_merge(shard_component, merge_component, count: int, conf, *, name: str, platform: bool, parallelism: int = 0,

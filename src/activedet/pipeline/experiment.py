@@ -162,6 +162,30 @@ class Toleration(FrozenModel):
     effect: Literal["NoExecute", "NoSchedule", "PreferNoSchedule"] | None = None
 
 
+class DatasetCacheSpec(FrozenModel):
+    """Where the image-reading (GPU) stages keep their image cache (``ACTIVEDET_CACHE_DIR``): a
+    PersistentVolumeClaim that pods share (ReadWriteMany, or a node-local PV's claim), or a generic
+    ephemeral volume of ``size`` per pod (the scheduler places the pod where the storage fits).
+    Unset: the container's writable layer (every pod downloads the dataset again)."""
+
+    pvc: str | None = Field(None, description="existing PersistentVolumeClaim mounted as the cache (shared by the pods)")
+    size: str | None = Field(None, description="size of a per-pod generic ephemeral volume as the cache (e.g. 200Gi)")
+    storage_class: str | None = Field(None, description="storage class of the ephemeral volume (unset: the cluster default)")
+    mount_path: str = Field("/var/cache/activedet", description="mount path in the container (ACTIVEDET_CACHE_DIR)")
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> DatasetCacheSpec:
+        if bool(self.pvc) == bool(self.size):
+            raise ValueError("dataset_cache: give either pvc (a shared claim) or size (a per-pod ephemeral volume)")
+        if self.size is not None and not _K8S_QUANTITY.match(self.size):
+            raise ValueError(f"dataset_cache.size: {self.size!r} is not a Kubernetes quantity (e.g. 200Gi)")
+        if self.storage_class and not self.size:
+            raise ValueError("dataset_cache.storage_class applies to the ephemeral volume: give size too")
+        if not self.mount_path.startswith("/"):
+            raise ValueError(f"dataset_cache.mount_path: {self.mount_path!r} is not an absolute path")
+        return self
+
+
 class KubernetesSpec(FrozenModel):
     """Cluster settings, applied only when compiling for Kubeflow (kfp.local ignores them)."""
 
@@ -187,6 +211,10 @@ class KubernetesSpec(FrozenModel):
     cpu_cpu_limit: str | None = Field(None, description="CPU limit of CPU stages (unset: 2x the request)")
     cpu_memory_limit: str | None = Field(None, description="memory limit of CPU stages (unset: the request)")
     shm_size: str = Field("8Gi", description="size of the memory-backed /dev/shm for data loaders")
+    dataset_cache: DatasetCacheSpec | None = Field(
+        None, description="image cache volume of the GPU stages (pvc: shared claim; size: per-pod ephemeral volume); "
+        "unset: the container's writable layer"
+    )
     retries: int = Field(2, ge=0, description="retries per task (failures; see docs/cluster.md for preemption)")
     gpu_timeout_seconds: int = Field(86400, ge=0, description="time limit of one GPU-stage task (0 = none)")
     cpu_timeout_seconds: int = Field(14400, ge=0, description="time limit of one CPU-stage task (0 = none)")
