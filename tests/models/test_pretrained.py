@@ -207,3 +207,19 @@ def test_mirror_bucket_fills_the_cache_and_bad_digests_are_refused(s3_bucket, tm
     # a state dict in the bucket is also a valid backbone_weights URI, read with weights_only
     state, source = backbone_state("resnet50_fpn", f"{s3_bucket}/weights/resnet50-0676ba61.pth")
     assert list(state) == ["conv1.weight"] and source.sha256 == _sha(fake)
+
+
+def test_teacher_lr_defaults_to_the_presets_own_rate():
+    """tiny's 0.04 left the ImageNet lite0_fpn at AP ~0 (benchmarks/certainty_head.py): each preset has its rate."""
+    from activedet.config import load_config
+    from activedet.models.presets import FALLBACK_LR, PRESET_LR, PRESETS
+
+    base = {"dataset_uri": "/d", "output_uri": "/o"}
+    assert set(PRESET_LR) <= set(PRESETS.names())
+    for preset, lr in PRESET_LR.items():
+        assert load_config(train_teacher.Config, {**base, "preset": preset}).lr == lr
+    assert PRESET_LR["lite0_fpn"] < PRESET_LR["tiny"]
+    assert load_config(train_teacher.Config, base).lr == PRESET_LR["tiny"]  # the default preset
+    assert load_config(train_teacher.Config, {**base, "preset": "lite0_fpn", "lr": 0.005}).lr == 0.005  # given wins
+    assert load_config(train_teacher.Config, {**base, "preset": "lite0_fpn", "lr": None}).lr == PRESET_LR["lite0_fpn"]
+    assert FALLBACK_LR <= min(PRESET_LR.values())

@@ -59,6 +59,20 @@ from activedet.registry import Registry
 
 PRESETS: Registry[Callable[..., FasterRCNN]] = Registry("detector preset")
 
+#: base SGD learning rate of each preset at batch 8 (train-teacher's default when ``lr`` is unset).
+#: tiny: tuned from scratch. lite0_fpn: 0.04 (tiny's) left the ImageNet-initialised model at AP
+#: 0.002 after 300 iterations on SynthDrive while 0.02 reached 0.397 (benchmarks/certainty_head.py,
+#: same seed and data). mobilenet_v3_fpn: as lite0_fpn (a pretrained light backbone, not tuned
+#: here). resnet50_fpn: the papers' 0.02 at batch 16, linearly scaled to batch 8.
+PRESET_LR: dict[str, float] = {"tiny": 0.04, "lite0_fpn": 0.02, "mobilenet_v3_fpn": 0.02, "resnet50_fpn": 0.01}
+#: presets without an entry (other backends' presets, user-registered ones)
+FALLBACK_LR = 0.01
+
+
+def recommended_lr(preset: str) -> float:
+    """The base learning rate at batch 8 that train-teacher uses for ``preset`` when none is given."""
+    return PRESET_LR.get(preset, FALLBACK_LR)
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Options the stage fills in when a preset starts from pretrained weights (detectron2's defaults).

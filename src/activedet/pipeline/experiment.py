@@ -46,7 +46,7 @@ class TrainingSpec(FrozenModel):
     student_iterations: int | None = Field(None, ge=1, description="student optimizer steps per cycle (unset: the train-student-ssl default)")
     batch_size: int | None = Field(None, ge=2, description="images per mini-batch (unset: each stage's default)")
     lr: float | None = Field(
-        None, gt=0.0, description="teacher SGD learning rate (unset: the train-teacher default, tuned for tiny; papers: 0.01 for R50-FPN)"
+        None, gt=0.0, description="teacher SGD learning rate (unset: the preset's, see models.presets.PRESET_LR)"
     )
     student_lr: float | None = Field(None, gt=0.0, description="student SGD learning rate (unset: the train-student-ssl default)")
     init_checkpoint: str | None = Field(

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
@@ -59,7 +59,10 @@ class Config(StageConfig):
     )
     iterations: int = Field(300, ge=1, description="optimizer steps")
     batch_size: int = Field(8, ge=1, description="images per mini-batch")
-    lr: float = Field(0.04, gt=0.0, description="base SGD learning rate (tuned for tiny at batch 8; papers: 0.01 at batch 16 for resnet50_fpn)")
+    lr: float | None = Field(
+        None, gt=0.0, description="base SGD learning rate (unset: the preset's, models.presets.PRESET_LR: tiny 0.04, "
+        "lite0_fpn 0.02, mobilenet_v3_fpn 0.02, resnet50_fpn 0.01, at batch 8)"
+    )
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
     warmup_iters: int = Field(50, ge=0, description="iterations of linear lr warmup")
@@ -76,6 +79,17 @@ class Config(StageConfig):
         "batch_size is per process and lr is scaled by devices (linear rule)"
     )
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _preset_lr(cls, data):
+        # the preset's own rate when none is given: one rate for every preset (tiny's 0.04) left the
+        # pretrained lite0_fpn at AP ~0 (models.presets.PRESET_LR)
+        if isinstance(data, dict) and data.get("lr") is None:
+            from activedet.models.presets import recommended_lr
+
+            data = {**data, "lr": recommended_lr(data.get("preset") or cls.model_fields["preset"].default)}
+        return data
 
 
 def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Config:
