@@ -183,7 +183,24 @@ def ssl_modes_section(ssl: dict | None, title: str = "SSL student: offline vs me
         "split(s); AP - control = mean paired difference to the teacher trained as long on labeled images only, 95 % "
         "bootstrap interval over seeds (a claim holds only when it excludes 0). Mean-teacher pseudo-label precision / "
         "recall (IoU 0.5): per-iteration MLflow metrics, last quarter of the run.", "",
-        _table(["model", "AP", "AP50", "AP - control [95% CI]", "vs control", "pseudo precision", "pseudo recall"], rows), ""])
+        _table(["model", "AP", "AP50", "AP - control [95% CI]", "vs control", "pseudo precision", "pseudo recall"], rows),
+        _unlearned_teachers(ssl), ""])
+
+
+#: a teacher under this AP (x100) did not learn: its seed's students and control say little
+MIN_LEARNED_AP100 = 2.0
+
+
+def _unlearned_teachers(ssl: dict) -> str:
+    s = ssl["settings"]
+    lrs = f"Teacher lr {s.get('lr')}, student and control lr {s.get('student_lr')}, batch {s.get('batch_size')}."
+    wins = [r["model"] for r in ssl["summary"] if r.get("vs control") == "holds"]
+    lrs += (" Students that beat the control (interval above 0): " + (", ".join(wins) if wins else "none") + ".")
+    failed = sorted(r["seed"] for r in ssl["rows"] if r["model"] == "teacher" and r["AP"] < MIN_LEARNED_AP100)
+    if not failed:
+        return "\n" + lrs
+    return (f"\n{lrs} The teacher did not learn (AP x100 < {MIN_LEARNED_AP100:g}) in seed(s) {failed}; those seeds' "
+            "students and control start from it and are in the table as they came out.")
 
 
 #: pretrained-preset SSL runs (issue 15): results file -> section title
