@@ -62,6 +62,8 @@ FILTER_SETTINGS: dict[str, dict] = {
     "fixed@0.7": {"tau": 0.7},
     "per_class_topk": {"k": 30},
     "dynamic": {"tau": 0.7, "gamma1": 0.05, "gamma2": 0.6},
+    # Li et al.'s ablation: v = 1 for every box (with the certainty head, the real v vs none)
+    "dynamic@v1": {"tau": 0.7, "gamma1": 0.05, "gamma2": 0.6, "use_loc_quality": False},
     "act": {"alpha": 20, "rplm": True},
 }
 

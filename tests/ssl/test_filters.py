@@ -116,6 +116,11 @@ def test_dynamic_clips_thresholds_and_uses_loc_quality():
     assert res.thresholds[1] == pytest.approx(0.6)
     assert res.weights[1] == pytest.approx((n_bar / 9.0) ** 0.6)
     assert res.boxes.num_rows == 21  # 0.9 >= 0.6 and 0.9 >= 0.4
+    # use_loc_quality false: v = 1 everywhere (Li et al.'s ablation), as without the column
+    res = apply_filter("dynamic", cands, ctx, {"gamma1": 1.0, "use_loc_quality": False})
+    assert res.thresholds == {1: pytest.approx(0.9), 2: pytest.approx(0.4)}
+    with pytest.raises(ConfigError, match="use_loc_quality must be true or false"):
+        apply_filter("dynamic", cands, ctx, {"use_loc_quality": "no"})
 
 
 def test_dynamic_changes_with_v_from_the_certainty_head_predictions():

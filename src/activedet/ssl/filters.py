@@ -258,6 +258,7 @@ def dynamic(
     gamma2: float = DYNAMIC_DEFAULTS["gamma2"],
     tau_min: float = DYNAMIC_DEFAULTS["tau_min"],
     tau_max: float = DYNAMIC_DEFAULTS["tau_max"],
+    use_loc_quality: bool = True,
 ) -> FilterResult:
     """Dynamic per-class thresholds and loss weights (Li et al. 2021, eq. 6).
 
@@ -267,14 +268,17 @@ def dynamic(
     ``tau_m = clip((c_m / n_bar) ** gamma1 * tau, tau_min, tau_max)`` filters class ``m``
     (``score >= tau_m``) and ``alpha_m = (n_bar / c_m) ** gamma2`` is its loss weight. A class
     with no candidates gets ``tau_m = tau_min`` (the limit of the formula) and ``alpha_m = 1``
-    (nothing to weight).
+    (nothing to weight). ``use_loc_quality=False`` takes ``v = 1`` for every box (Li et al.'s
+    ablation; what a head without localization quality gives).
     """
     params = {"tau": tau, "gamma1": gamma1, "gamma2": gamma2, "tau_min": tau_min, "tau_max": tau_max}
     check_dynamic_params(**params)
+    if not isinstance(use_loc_quality, bool):
+        raise ConfigError(f"dynamic filter: use_loc_quality must be true or false, got {use_loc_quality!r}")
     scores = _column(candidates, "score")
     cats = _column(candidates, "category_id", np.int64)
     quality = np.ones_like(scores)
-    if "loc_quality" in candidates.column_names:
+    if use_loc_quality and "loc_quality" in candidates.column_names:
         q = _column(candidates, "loc_quality")
         quality = np.where(np.isfinite(q), q, 1.0)
     classes = list(context.category_ids)
@@ -286,7 +290,8 @@ def dynamic(
     for i, c in enumerate(classes):
         keep |= (cats == c) & (scores >= tau_m[i])
         per_class[c] = {"threshold": float(tau_m[i]), "weight": float(alpha_m[i])}
-    return _finish(candidates, keep, np.ones_like(keep), per_class, "dynamic", params, {"n_bar": n_bar})
+    return _finish(candidates, keep, np.ones_like(keep), per_class, "dynamic", {**params, "use_loc_quality": use_loc_quality},
+                   {"n_bar": n_bar})
 
 
 def check_dynamic_params(*, tau: float, gamma1: float, gamma2: float, tau_min: float, tau_max: float) -> None:
