@@ -172,6 +172,8 @@ def ssl_modes_section(ssl: dict | None, title: str = "SSL student: offline vs me
     share = s.get("labeled_pct")
     labeled = f"{share:g} % of the train split labeled" if share is not None else f"{s['labeled']} labeled images"
     weights = "" if s.get("backbone_weights", "none") == "none" else f", backbone {s['backbone_weights']}"
+    if s.get("preset_options") not in (None, "{}"):
+        weights += f", preset options {s['preset_options']}"
     flags = "".join(f" --{k.replace('_', '-')} {s[k]}" for k in ("dataset", "labeled_pct", "preset") if s.get(k) is not None)
     if dataset == "SynthDrive":
         dataset += f" ({s['sequences']} sequences x 5 frames)"
@@ -205,7 +207,8 @@ def _unlearned_teachers(ssl: dict) -> str:
 
 #: pretrained-preset SSL runs (issue 15): results file -> section title
 SSL_PRETRAINED = {"ssl_student_lite0_5pct": "SSL student, pretrained lite0_fpn, 5 % labeled",
-                  "ssl_student_lite0_10pct": "SSL student, pretrained lite0_fpn, 10 % labeled"}
+                  "ssl_student_lite0_10pct": "SSL student, pretrained lite0_fpn, 10 % labeled",
+                  "ssl_student_certainty_v": "SSL student with the certainty head: dynamic with real v vs v = 1"}
 
 
 def ssl_pretrained_sections() -> list[str]:
