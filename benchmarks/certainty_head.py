@@ -214,7 +214,7 @@ def render(payload: dict) -> str:
         f"(val split), {s['iterations']} iterations, batch {s['batch_size']}, lr {s['lr']}, seeds {payload['seeds']}; "
         f"correlations over val predictions with score >= {s['corr_min_score']}; machine load average "
         f"{payload['loadavg_range'][0]}-{payload['loadavg_range'][1]}. Command: `{payload['command']}`. "
-        "Source: `benchmarks/results/certainty_head.json`.",
+        f"Source: `benchmarks/results/{s.get('name') or 'certainty_head'}.json`.",
         "",
         format_table(table, ["head", "seeds", "iterations", "train_s", "AP", "AP50", "AP75", "mean_iou", "score_iou", "v_iou", "v_iou_s"],
                      ["head", "seeds", "iterations", "train s", "AP", "AP50", "AP75", "mean IoU", "Pearson(score, IoU)",

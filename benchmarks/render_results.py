@@ -215,6 +215,18 @@ def ssl_pretrained_sections() -> list[str]:
     return [ssl_modes_section(_load(name), title) for name, title in SSL_PRETRAINED.items()]
 
 
+#: certainty-head runs (issue 16): results file -> section title
+CERTAINTY = {"certainty_head": "Certainty-aware box head (tiny from scratch)",
+             "certainty_head_lite0": "Certainty-aware box head (pretrained lite0_fpn)"}
+
+
+def certainty_sections() -> list[str]:
+    """Each committed certainty-head run, rendered by benchmarks/certainty_head.py from its JSON."""
+    from certainty_head import render
+
+    return [f"### {title}\n\n" + render(doc) for name, title in CERTAINTY.items() if (doc := _load(name))]
+
+
 def teacher_section(t: dict | None) -> str:
     """Teacher initialisation (benchmarks/teacher.py renders its own summary from the same JSON)."""
     if t is None:
@@ -248,7 +260,8 @@ def readme_block() -> str:
     parts = [BEGIN, "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py` (full tables: "
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
-             ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), teacher_section(_load("teacher")),
+             ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), *certainty_sections(),
+             teacher_section(_load("teacher")),
              verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO), END]
@@ -261,7 +274,8 @@ def results_page() -> str:
              "(CI runs `--check`). What each benchmark measures: [benchmarks/README.md](../benchmarks/README.md). "
              + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
-             ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), teacher_section(_load("teacher")),
+             ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), *certainty_sections(),
+             teacher_section(_load("teacher")),
              verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO)]
