@@ -234,8 +234,9 @@ def render(payload: dict) -> str:
         signal = "" if v is None else (f"; Pearson(v, IoU) {v:.2f} vs Pearson(score, IoU) {sc:.2f}: v is "
                                        + ("the stronger" if v > sc else "the weaker") + " signal of box quality here")
         lines.append(f"- {r['head']} vs standard: " + ", ".join(diffs) + signal + ".")
-    lines += ["", "Not measured: traffic-cams; the SSL student with `dynamic` on real v vs v = 1; schedules longer "
-              "than the iterations above (Li et al. train teachers for 6k-180k iterations)."]
+    lines += ["", "Not measured here: traffic-cams; schedules longer than the iterations above (Li et al. train "
+              "teachers for 6k-180k iterations). The SSL student with `dynamic` on the head's v vs v = 1: "
+              "`ssl_student.py --filters dynamic dynamic@v1` (results `ssl_student_certainty_v.json`)."]
     return "\n".join(lines) + "\n"
 
 

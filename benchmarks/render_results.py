@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from activedet.al.budget import MIN_PAIRS  # noqa: E402
+from activedet.al.budget import MIN_PAIRS, paired_bootstrap, verdict  # noqa: E402
 from common import RESULTS_DIR  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -193,11 +193,26 @@ def ssl_modes_section(ssl: dict | None, title: str = "SSL student: offline vs me
 MIN_LEARNED_AP100 = 2.0
 
 
+def _real_v_line(ssl: dict) -> str:
+    """With both ``dynamic`` (real v) and ``dynamic@v1`` students: their paired AP difference."""
+    ap = {}
+    for r in ssl["rows"]:
+        ap.setdefault(r["model"], {})[r["seed"]] = r["AP"]
+    real, ones = ap.get("student dynamic"), ap.get("student dynamic@v1")
+    if not real or not ones:
+        return ""
+    diffs = [real[k] - ones[k] for k in sorted(set(real) & set(ones))]
+    mean, low, high = paired_bootstrap(diffs)
+    return (f" dynamic with the head's v minus dynamic with v = 1: AP x100 {mean:+.2f} [{low:+.2f}, {high:+.2f}] over "
+            f"{len(diffs)} paired seeds ({verdict(low, high, len(diffs))}).")
+
+
 def _unlearned_teachers(ssl: dict) -> str:
     s = ssl["settings"]
     lrs = f"Teacher lr {s.get('lr')}, student and control lr {s.get('student_lr')}, batch {s.get('batch_size')}."
     wins = [r["model"] for r in ssl["summary"] if r.get("vs control") == "holds"]
     lrs += (" Students that beat the control (interval above 0): " + (", ".join(wins) if wins else "none") + ".")
+    lrs += _real_v_line(ssl)
     failed = sorted(r["seed"] for r in ssl["rows"] if r["model"] == "teacher" and r["AP"] < MIN_LEARNED_AP100)
     if not failed:
         return "\n" + lrs
