@@ -222,3 +222,24 @@ def test_backend_is_chosen_from_the_preset():
 
     assert backend_for("tiny").name == "torchvision" and backend_for("resnet50_fpn").name == "torchvision"
     assert backend_for("d2_config").name == "detectron2" and backend_for("d2_faster_rcnn_R_50_FPN").name == "detectron2"
+
+
+def test_detectron2_is_imported_only_for_its_presets():
+    import subprocess
+    import sys
+
+    code = ("import sys; from activedet.models.checkpoint import build_detector; from activedet.pipeline import dag; "
+            "build_detector('tiny', category_ids=[1], class_names=['a']); assert 'detectron2' not in sys.modules, 'imported'")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_d2_preset_without_detectron2_says_how_to_install(monkeypatch):
+    import sys
+
+    from activedet.errors import ConfigError
+    from activedet.models.checkpoint import build_detector
+
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match=r"needs detectron2 .*install it from its repository") as exc:
+        build_detector("d2_faster_rcnn_R_50_FPN", category_ids=[1], class_names=["a"])
+    assert "\n" not in str(exc.value)
