@@ -243,3 +243,21 @@ def test_d2_preset_without_detectron2_says_how_to_install(monkeypatch):
     with pytest.raises(ConfigError, match=r"needs detectron2 .*install it from its repository") as exc:
         build_detector("d2_faster_rcnn_R_50_FPN", category_ids=[1], class_names=["a"])
     assert "\n" not in str(exc.value)
+
+
+@needs_d2
+def test_d2_backbone_only_pkl_is_matched_by_detectron2_heuristics(tmp_path):
+    """An ImageNet-style backbone file (keys without the detector's ``backbone.bottom_up.`` prefix)
+    lands on the backbone through detectron2's name matching."""
+    from activedet.models.init import load_init_checkpoint
+
+    src = _detector(("d2_faster_rcnn_R_50_FPN", D2_SMALL), seed=4)
+    prefix = "backbone.bottom_up."
+    arrays = {k[len(prefix):]: v.numpy() for k, v in src.model.state_dict().items() if k.startswith(prefix)}
+    path = tmp_path / "R-18.pkl"
+    path.write_bytes(pickle.dumps({"model": arrays, "matching_heuristics": True}))
+    dst = _detector(("d2_faster_rcnn_R_50_FPN", D2_SMALL))
+    report = load_init_checkpoint(dst, str(path))["report"]
+    assert report["backbone_share"] == 1.0 and report["predictor_reinitialised"]
+    key = "res2.0.conv1.weight"
+    torch.testing.assert_close(dst.model.state_dict()[prefix + key], torch.from_numpy(arrays[key]))

@@ -129,8 +129,10 @@ def pretrained_options(
         return dict(options)
     inherited: dict[str, Any] = {}
     if init_checkpoint and is_activedet_checkpoint(init_checkpoint):
-        theirs = read_checkpoint_meta(str(init_checkpoint).rstrip("/")).get("options", {})
-        inherited = {k: theirs[k] for k in FINETUNE_OPTIONS if k in theirs}
+        their_meta = read_checkpoint_meta(str(init_checkpoint).rstrip("/"))
+        theirs = their_meta.get("options", {})
+        if backend_name(their_meta["preset"]) == backend_name(preset):  # another backend's options do not apply
+            inherited = {k: theirs[k] for k in FINETUNE_OPTIONS if k in theirs}
     elif backbone_weights or init_checkpoint:
         inherited = dict(PRETRAINED_DEFAULTS)
     return {**inherited, **options}
