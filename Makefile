@@ -5,7 +5,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
-VENDOR_D2 := $(firstword $(wildcard ../shared/vendor/detectron2-*-cp311-cp311-linux_x86_64.whl))
+VENDOR_DIR ?= ../shared/vendor
+VENDOR_D2 := $(firstword $(wildcard $(VENDOR_DIR)/detectron2-*-cp311-cp311-linux_x86_64.whl))
 export PYTHONUNBUFFERED := 1
 
 .PHONY: demo test lint bench images compile clean-venv help
