@@ -128,3 +128,19 @@ def test_predict_cli_on_d2(d2_run, capsys):
     summary = json.loads(capsys.readouterr().out)
     assert summary["images"] > 0
     assert Path(store.local_path(store.join(out, "predictions_flipped.parquet"))).exists()
+
+
+def test_train_teacher_on_two_gloo_ranks_with_d2(d2_run):
+    """Data-parallel training (torch.distributed, gloo on CPU) drives the detectron2 model too."""
+    from activedet.models.checkpoint import load_detector
+    from activedet.stages import train_teacher
+
+    out = d2_run["root"] / "ddp"
+    result = train_teacher.run(train_teacher.Config(
+        dataset_uri=d2_run["dataset"], ledger_uri=d2_run["ledger"], output_uri=str(out), preset=PRESET, preset_options=OPTIONS,
+        checkpoint_every=0, devices=2, **{**TRAIN, "iterations": 2},
+    ))
+    assert result.iterations == 2
+    training = json.loads((out / "train.json").read_text())
+    assert training["distributed"]["world_size"] == 2 and training["distributed"]["global_batch_size"] == 4
+    assert load_detector(str(out)).backend.name == "detectron2"
