@@ -114,3 +114,15 @@ def test_d2_demo_runs_two_cycles_through_kfp_local(tmp_path):
     assert "mc_dropout" in scores.column_names and scores.num_rows > 0
     teacher1 = read_checkpoint_meta(lay.teacher(1))
     assert teacher1["weights_init"]["init_checkpoint"]["report"]["backbone_share"] == 1.0  # warm start from cycle 0
+
+
+def test_local_run_without_detectron2_fails_before_any_stage(tmp_path, monkeypatch):
+    import sys
+
+    from activedet.errors import ConfigError
+    from activedet.pipeline.local import run_local
+
+    monkeypatch.setitem(sys.modules, "detectron2", None)  # as if it were not installed
+    with pytest.raises(ConfigError, match="needs detectron2"):
+        run_local(load_experiment(d2_demo()), tmp_path / "run")
+    assert not (tmp_path / "run").exists()  # nothing started, nothing written
