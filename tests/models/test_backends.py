@@ -261,3 +261,14 @@ def test_d2_backbone_only_pkl_is_matched_by_detectron2_heuristics(tmp_path):
     assert report["backbone_share"] == 1.0 and report["predictor_reinitialised"]
     key = "res2.0.conv1.weight"
     torch.testing.assert_close(dst.model.state_dict()[prefix + key], torch.from_numpy(arrays[key]))
+
+
+@needs_d2
+def test_d2_preset_takes_box_head_standard_and_refuses_certainty():
+    from activedet.errors import ConfigError
+    from activedet.models.checkpoint import build_detector
+
+    name, options = BACKENDS[1].values[0]
+    assert build_detector(name, category_ids=[1], class_names=["a"], box_head="standard", **options).backend.name == "detectron2"
+    with pytest.raises(ConfigError, match="standard box head only"):
+        build_detector(name, category_ids=[1], class_names=["a"], box_head="certainty", **options)

@@ -381,9 +381,12 @@ def build_model(preset: str, *, num_classes: int, **options: Any) -> FasterRCNN:
     from activedet.models.certainty_head import HEAD_OPTIONS, apply_box_head
 
     factory = PRESETS.get(preset)
-    if preset.startswith("d2_"):  # the detectron2 backend: its heads are detectron2's
-        return _call(factory, preset, num_classes, options)
     head = {k: options.pop(k) for k in list(options) if k in HEAD_OPTIONS}
+    if preset.startswith("d2_"):  # the detectron2 backend: its heads are detectron2's (the standard head only)
+        if head.get("box_head", "standard") != "standard" or set(head) - {"box_head"}:
+            raise ConfigError(f"preset_options.box_head: detector preset {preset!r} (detectron2 backend) has the standard "
+                              f"box head only, got {head}")
+        return _call(factory, preset, num_classes, options)
     return apply_box_head(_call(factory, preset, num_classes, options), **head)
 
 
