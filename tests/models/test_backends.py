@@ -33,6 +33,7 @@ BACKENDS = [
 ]
 # the box-head classification loss of each backend (the names are the frameworks' own)
 CLS_LOSS = {"tiny": "loss_classifier", "d2_faster_rcnn_R_50_FPN": "loss_cls"}
+RPN_BOX_LOSS = {"tiny": "loss_rpn_box_reg", "d2_faster_rcnn_R_50_FPN": "loss_rpn_loc"}
 
 
 @pytest.fixture(params=BACKENDS)
@@ -78,6 +79,8 @@ def test_train_step_honours_per_box_weights(preset):
     no_reg = _losses(det.model, images, targets, regress=lambda t: torch.zeros(len(t["labels"]), dtype=torch.bool))
     box = "loss_box_reg"
     assert float(no_reg[box]) == 0.0 and float(base[box]) > 0.0
+    rpn_box = RPN_BOX_LOSS[preset[0]]  # uncertain boxes give no RPN box regression either (objectness stays)
+    assert float(no_reg[rpn_box]) == 0.0 and float(base[rpn_box]) > 0.0
     sum(base.values()).backward()  # the step's loss is differentiable end to end
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in det.model.parameters())
 
@@ -272,3 +275,23 @@ def test_d2_preset_takes_box_head_standard_and_refuses_certainty():
     assert build_detector(name, category_ids=[1], class_names=["a"], box_head="standard", **options).backend.name == "detectron2"
     with pytest.raises(ConfigError, match="standard box head only"):
         build_detector(name, category_ids=[1], class_names=["a"], box_head="certainty", **options)
+
+
+@needs_d2
+def test_d2_losses_equal_detectron2s_own_with_unit_weights():
+    """With every weight 1 and every box regressed, the wrapper's losses are detectron2's."""
+    from activedet.models.d2 import _event_storage
+
+    det = _detector(("d2_faster_rcnn_R_50_FPN", D2_SMALL))
+    model = det.model.train()
+    images, targets = _batch()
+    ours = _losses(model, images, targets)
+    il, scales = model.preprocess(images)
+    gt = [model._instances(t, s, tuple(size)) for t, s, size in zip(targets, scales, il.image_sizes, strict=True)]
+    torch.manual_seed(5)
+    with _event_storage():
+        features = model.backbone(il.tensor)
+        proposals, rpn = model.proposal_generator(il, features, gt)
+        _, box = model.roi_heads(il, features, proposals, gt)
+    for key, value in {**rpn, **box}.items():
+        assert float(ours[key]) == pytest.approx(float(value), rel=1e-5), key

@@ -19,9 +19,9 @@ after the box head's last FC layer; off in training unless ``train_dropout``, on
 :class:`D2RCNN` is the model: ``model(images, targets)`` in train mode gives detectron2's four
 losses (``loss_rpn_cls``, ``loss_rpn_loc``, ``loss_cls``, ``loss_box_reg``), with the box-head
 terms weighted per box like :class:`~activedet.models.roi_heads.WeightedRoIHeads` (``weights``,
-``regress``, ``bg_weight``; equal to detectron2's own losses when all are 1). The RPN losses are
-not weighted or masked (torchvision's :class:`~activedet.models.rpn.MaskedRPN` drops RPN box
-regression of uncertain boxes; this backend does not). Images are resized to ``min_size`` here,
+``regress``, ``bg_weight``; equal to detectron2's own losses when all are 1). In the RPN, as
+torchvision's :class:`~activedet.models.rpn.MaskedRPN` does, boxes that may not be regressed
+(``regress`` False, weight 0) give no ``loss_rpn_loc``; objectness is not weighted. Images are resized to ``min_size`` here,
 as detectron2's data mapper would, and normalised with the config's pixel mean/std and
 ``INPUT.FORMAT`` (BGR for the model zoo). Its state dict uses detectron2's own key names, so
 detectron2 checkpoints load onto it directly.
@@ -159,6 +159,8 @@ def _check_supported_config(cfg) -> None:
             "detectron2 config: only box detection with GeneralizedRCNN (no masks, keypoints or precomputed proposals) "
             f"is supported, got META_ARCHITECTURE={m.META_ARCHITECTURE} MASK_ON={m.MASK_ON} KEYPOINT_ON={m.KEYPOINT_ON}"
         )
+    if m.PROPOSAL_GENERATOR.NAME != "RPN":
+        raise ConfigError(f"detectron2 config: MODEL.PROPOSAL_GENERATOR.NAME {m.PROPOSAL_GENERATOR.NAME}: only RPN is supported")
     if m.ROI_HEADS.NAME != "StandardROIHeads":
         raise ConfigError(f"detectron2 config: MODEL.ROI_HEADS.NAME {m.ROI_HEADS.NAME}: only StandardROIHeads is supported")
     if m.ROI_BOX_HEAD.BBOX_REG_LOSS_TYPE != "smooth_l1" or m.ROI_BOX_HEAD.get("USE_SIGMOID_CE", False):
@@ -244,9 +246,45 @@ class D2RCNN(nn.Module):
         bg = [torch.as_tensor(t.get("bg_weight", 1.0), dtype=torch.float32, device=il.tensor.device) for t in targets]
         with _event_storage():
             features = self.backbone(il.tensor)
-            proposals, rpn_losses = self.proposal_generator(il, features, gt)
+            proposals, rpn_losses = self._rpn(il, features, gt)
             box_losses = self._box_losses(features, proposals, gt, bg)
         return {**rpn_losses, **box_losses}
+
+    def _rpn(self, il, features, gt):
+        """detectron2's RPN forward and losses, with anchors matched to boxes that may not be regressed
+        (``regress`` False or weight 0) left out of ``loss_rpn_loc`` (still objectness positives), as
+        :class:`~activedet.models.rpn.MaskedRPN` does; equal to detectron2's losses when every box is regressed."""
+        from detectron2.layers import cat
+        from detectron2.modeling.box_regression import _dense_box_regression_loss
+        from detectron2.structures import Boxes, pairwise_iou
+
+        rpn = self.proposal_generator
+        feats = [features[f] for f in rpn.in_features]
+        anchors = rpn.anchor_generator(feats)
+        logits, deltas = rpn.rpn_head(feats)
+        logits = [x.permute(0, 2, 3, 1).flatten(1) for x in logits]  # (N, Hi*Wi*A)
+        box_dim = rpn.anchor_generator.box_dim
+        deltas = [x.view(x.shape[0], -1, box_dim, x.shape[-2], x.shape[-1]).permute(0, 3, 4, 1, 2).flatten(1, -2) for x in deltas]
+        gt_labels, gt_boxes = rpn.label_and_sample_anchors(anchors, gt)
+        all_anchors = Boxes.cat(anchors)
+        reg_masks = []
+        for inst, labels in zip(gt, gt_labels, strict=True):
+            ok = inst.gt_regress & (inst.gt_weights > 0)
+            if len(inst) and not bool(ok.all()):
+                matched, _ = rpn.anchor_matcher(pairwise_iou(inst.gt_boxes, all_anchors))  # deterministic: the same matches
+                reg_masks.append((labels == 1) & ok.to(labels.device)[matched.to(labels.device)])
+            else:
+                reg_masks.append(labels == 1)
+        labels = torch.stack(gt_labels)
+        loc = _dense_box_regression_loss(anchors, rpn.box2box_transform, deltas, gt_boxes, torch.stack(reg_masks),
+                                         box_reg_loss_type=rpn.box_reg_loss_type, smooth_l1_beta=rpn.smooth_l1_beta)
+        valid = labels >= 0
+        objectness = F.binary_cross_entropy_with_logits(cat(logits, dim=1)[valid], labels[valid].to(torch.float32), reduction="sum")
+        norm = rpn.batch_size_per_image * len(gt)
+        losses = {"loss_rpn_cls": objectness / norm, "loss_rpn_loc": loc / norm}
+        losses = {k: v * rpn.loss_weight.get(k, 1.0) for k, v in losses.items()}
+        proposals = rpn.predict_proposals(anchors, logits, deltas, il.image_sizes)
+        return proposals, losses
 
     def _box_losses(self, features, proposals, gt, bg_weights) -> dict[str, Tensor]:
         """detectron2's box-head losses with per-box weights, regression mask and background weight."""
