@@ -251,6 +251,15 @@ def teacher_section(t: dict | None) -> str:
     return "### Teacher initialisation\n\n`benchmarks/teacher.py`. " + render(t, compact=True)
 
 
+def backends_section(b: dict | None) -> str:
+    """torchvision vs detectron2 R50-FPN (benchmarks/backends.py renders the same table from the same JSON)."""
+    if b is None:
+        return ""
+    from backends import render
+
+    return "### Detector backends: torchvision vs detectron2\n\n`" + b["command"] + "`: " + render(b)
+
+
 def verify_section(vc: dict | None) -> str:
     if vc is None:
         return ""
@@ -276,7 +285,7 @@ def readme_block() -> str:
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
              ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), *certainty_sections(),
-             teacher_section(_load("teacher")),
+             teacher_section(_load("teacher")), backends_section(_load("backends")),
              verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO), END]
@@ -290,7 +299,7 @@ def results_page() -> str:
              + machine_line(le, tp, ssl), "",
              label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
              ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), *certainty_sections(),
-             teacher_section(_load("teacher")),
+             teacher_section(_load("teacher")), backends_section(_load("backends")),
              verify_section(vc),
              figures_section(_load("scale"), "Pool at 10^6 and core-set", SCALE_INTRO),
              figures_section(_load("s3_download"), "S3 downloads", S3_INTRO)]

@@ -26,6 +26,22 @@ def gpu_image(registry: str | None = None) -> str:
     return f"{reg}/{GPU_IMAGE_NAME}:{image_tag()}"
 
 
+GPU_D2_IMAGE_NAME = "activedet-gpu-d2"
+
+
+def gpu_d2_image(registry: str | None = None) -> str:
+    """The GPU image plus detectron2 built with CUDA (images/gpu-d2): model stages of ``d2_*`` presets."""
+    reg = (registry or os.environ.get("ACTIVEDET_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")
+    return f"{reg}/{GPU_D2_IMAGE_NAME}:{image_tag()}"
+
+
+def model_image(preset: str, registry: str | None = None) -> str:
+    """The image of the stages that run ``preset``'s detector: the detectron2 variant for its presets."""
+    from activedet.models.backend import DETECTRON2, backend_name
+
+    return gpu_d2_image(registry) if backend_name(preset) == DETECTRON2 else gpu_image(registry)
+
+
 def cpu_image(registry: str | None = None) -> str:
     """Slim image for selection, evaluation and bookkeeping stages."""
     reg = (registry or os.environ.get("ACTIVEDET_IMAGE_REGISTRY") or DEFAULT_REGISTRY).rstrip("/")

@@ -35,7 +35,7 @@ def test_tiny_forward_shapes():
 
 
 def test_unknown_preset_lists_valid_names():
-    with pytest.raises(ConfigError, match="valid: lite0_fpn, mobilenet_v3_fpn, resnet50_fpn, tiny"):
+    with pytest.raises(ConfigError, match="valid: d2_config, d2_faster_rcnn_R_50_FPN, lite0_fpn, mobilenet_v3_fpn, resnet50_fpn, tiny"):
         build_model("yolo", num_classes=3)
 
 

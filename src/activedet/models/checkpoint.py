@@ -30,7 +30,6 @@ from safetensors.torch import load_file, save_file
 from activedet import __version__, store
 from activedet.errors import ActivedetError, IncompleteOutputError, StoreError
 from activedet.models.certainty_head import head_spec
-from activedet.models.presets import build_model
 
 WEIGHTS = "model.safetensors"
 META = "meta.json"
@@ -71,9 +70,15 @@ class Detector:
         """Dataset category id -> model label (1..C)."""
         return {c: i + 1 for i, c in enumerate(self.category_ids)}
 
+    @property
+    def backend(self):
+        """The :class:`~activedet.models.backend.Backend` that runs this detector's preset."""
+        from activedet.models.backend import backend_for
+
+        return backend_for(self.preset)
+
     def input_size(self) -> dict[str, Any]:
-        t = self.model.transform
-        return {"min_size": list(t.min_size), "max_size": t.max_size}
+        return self.backend.input_size(self.model)
 
     def to(self, device) -> Detector:
         self.model.to(device)
@@ -85,8 +90,12 @@ def build_detector(preset: str, *, category_ids, class_names, **options: Any) ->
     category_ids = [int(c) for c in category_ids]
     if category_ids != sorted(category_ids) or len(set(category_ids)) != len(category_ids):
         raise CheckpointError(f"category ids must be unique and ascending, got {category_ids}")
-    model = build_model(preset, num_classes=len(category_ids) + 1, **options)
-    return Detector(model, preset, category_ids, list(class_names), dict(options))
+    from activedet.models.backend import backend_for
+
+    backend = backend_for(preset)
+    model = backend.build(preset, num_classes=len(category_ids) + 1, **options)
+    recorded = getattr(model, "recorded_options", None)  # what rebuilds it elsewhere (detectron2: the resolved config)
+    return Detector(model, preset, category_ids, list(class_names), dict(recorded if recorded is not None else options))
 
 
 def detector_for_dataset(preset: str, dataset, **options: Any) -> Detector:
@@ -105,6 +114,7 @@ def checkpoint_meta(detector: Detector, **extra: Any) -> dict[str, Any]:
         category_ids=detector.category_ids,
         class_names=detector.class_names,
         input_size=detector.input_size(),
+        backend=detector.backend.name,
         box_head=head_spec(detector.model),
         package_version=__version__,
     )

@@ -123,12 +123,16 @@ def pretrained_options(
     From pretrained weights (ImageNet, torchvision, a state-dict file): :data:`PRETRAINED_DEFAULTS`
     (frozen BN, ``freeze_at=2``). From an activedet checkpoint (a warm start): that checkpoint's own
     fine-tuning options, so a model keeps its architecture from cycle to cycle."""
-    if preset not in BACKBONE_KEYS:
+    from activedet.models.backend import DETECTRON2, backend_name
+
+    if preset not in BACKBONE_KEYS and backend_name(preset) != DETECTRON2:
         return dict(options)
     inherited: dict[str, Any] = {}
     if init_checkpoint and is_activedet_checkpoint(init_checkpoint):
-        theirs = read_checkpoint_meta(str(init_checkpoint).rstrip("/")).get("options", {})
-        inherited = {k: theirs[k] for k in FINETUNE_OPTIONS if k in theirs}
+        their_meta = read_checkpoint_meta(str(init_checkpoint).rstrip("/"))
+        theirs = their_meta.get("options", {})
+        if backend_name(their_meta["preset"]) == backend_name(preset):  # another backend's options do not apply
+            inherited = {k: theirs[k] for k in FINETUNE_OPTIONS if k in theirs}
     elif backbone_weights or init_checkpoint:
         inherited = dict(PRETRAINED_DEFAULTS)
     return {**inherited, **options}
@@ -206,9 +210,12 @@ def load_init_checkpoint(
         state, source = read_state_uri(spec)
         record, same_classes = source.to_dict(), None  # unknown: the predictor loads when its shapes fit
     reinit = same_classes is False
+    backend = detector.backend
+    if found is None:  # a foreign file: the backend maps its names (detectron2: its own matching heuristics)
+        state = backend.import_state(detector.model, state)
     if reinit:
         state = {k: v for k, v in state.items() if not k.startswith(PREDICTOR)}
-    report = partial_load(detector.model, state)
+    report = partial_load(detector.model, state, backbone_prefix=backend.backbone_prefix)
     own_predictor = [k for k in detector.model.state_dict() if k.startswith(PREDICTOR)]
     report.predictor_reinitialised = reinit or any(k not in state or state[k].shape != detector.model.state_dict()[k].shape for k in own_predictor)
     _check_share(report, what=f"init_checkpoint {spec}", min_backbone_match=min_backbone_match)

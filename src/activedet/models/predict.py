@@ -16,13 +16,11 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 import torch
-import torch.nn.functional as F
 
 from activedet import schema
 from activedet.errors import ConfigError
 from activedet.models.checkpoint import Detector
 from activedet.models.data import read_image
-from activedet.models.roi_heads import mc_dropout
 from activedet.models.types import Detections, ImagePrediction, loc_quality_values
 from activedet.progress import Progress
 from activedet.store import ContentCache
@@ -122,10 +120,7 @@ class Predictor:
         mc_samples: int = 0,
     ) -> list[ImagePrediction]:
         """Predict a batch of images (``uint8`` or float in [0, 1], ``[3, H, W]``)."""
-        model = self.detector.model
-        model.eval()
-        rh = model.roi_heads
-        rh.score_thresh, rh.nms_thresh, rh.detections_per_img = self.score_floor, self.nms_iou, self.max_dets
+        self.detector.model.eval()
         images = [self._as_float(im) for im in images]
         main = self._forward(images, pre_nms=pre_nms, embeddings=embeddings, mc_samples=mc_samples)
         flipped = self._forward([im.flip(-1) for im in images]) if flip_tta else None
@@ -166,39 +161,11 @@ class Predictor:
         )
 
     def _forward(self, images, *, pre_nms=False, embeddings=False, mc_samples=0) -> list[dict]:
-        """Run the model's parts by hand so features stay available (embeddings, MC passes)."""
-        model = self.detector.model
-        rh = model.roi_heads
-        original = [tuple(im.shape[-2:]) for im in images]
-        image_list, _ = model.transform(images)
-        features = model.backbone(image_list.tensors)
-        proposals, _ = model.rpn(image_list, features)
-        rh.keep_pre_nms = pre_nms
-        try:
-            results, _ = rh(features, proposals, image_list.image_sizes)
-        finally:
-            rh.keep_pre_nms = False
-        if mc_samples:
-            kept = [r["boxes"] for r in results]
-            counts = [len(b) for b in kept]
-            with mc_dropout(rh.box_head):
-                passes = [rh.class_probs_for(features, kept, image_list.image_sizes) for _ in range(mc_samples)]
-            stacked = torch.stack(passes)  # [T, sum N, C+1]
-            for r, p in zip(results, stacked.split(counts, dim=1), strict=False):
-                r["mc_probs"] = p
-        if embeddings:
-            pooled = torch.cat([f.mean(dim=(-2, -1)) for name, f in features.items() if name != "pool"], dim=1)
-            for r, e in zip(results, F.normalize(pooled.float(), dim=1), strict=False):
-                r["embedding"] = e
-        for r, resized, orig in zip(results, image_list.image_sizes, original, strict=False):
-            scale = torch.tensor(
-                [orig[1] / resized[1], orig[0] / resized[0], orig[1] / resized[1], orig[0] / resized[0]],
-                device=r["boxes"].device,
-            )
-            r["boxes"] = r["boxes"] * scale
-            if "pre_boxes" in r:
-                r["pre_boxes"] = r["pre_boxes"] * scale
-        return results
+        """The detector's backend runs the model (boxes back in the input frame)."""
+        return self.detector.backend.predict(
+            self.detector.model, images, score_floor=self.score_floor, nms_iou=self.nms_iou, max_dets=self.max_dets,
+            pre_nms=pre_nms, embeddings=embeddings, mc_samples=mc_samples,
+        )
 
 
 def predictions_to_boxes_table(

@@ -339,6 +339,40 @@ def lite0_fpn(
     return _swap_heads(model, dropout_p=dropout_p, train_dropout=train_dropout, representation=representation)
 
 
+# --------------------------------------------------------------------------- detectron2 presets
+# Built by activedet.models.d2 (the detectron2 backend); detectron2 is imported only when one is built.
+
+
+@PRESETS.register("d2_faster_rcnn_R_50_FPN")
+def d2_faster_rcnn_R_50_FPN(  # noqa: N802 (detectron2's model-zoo spelling)
+    *, num_classes: int, min_size: int | None = None, max_size: int | None = None, frozen_bn: bool | None = None,
+    freeze_at: int | None = None, dropout_p: float = 0.1, train_dropout: bool = False, overrides: dict[str, Any] | None = None,
+    config_yaml: str | None = None,
+) -> nn.Module:
+    """detectron2's model-zoo Faster R-CNN R50-FPN (``COCO-Detection/faster_rcnn_R_50_FPN_1x.yaml``), random init."""
+    from activedet.models.d2 import ZOO_R50_FPN, build_d2
+
+    return build_d2(
+        num_classes=num_classes, zoo_config=ZOO_R50_FPN, config_yaml=config_yaml, overrides=overrides, min_size=min_size,
+        max_size=max_size, frozen_bn=frozen_bn, freeze_at=freeze_at, dropout_p=dropout_p, train_dropout=train_dropout,
+    )
+
+
+@PRESETS.register("d2_config")
+def d2_config(
+    *, num_classes: int, config_file: str | None = None, config_yaml: str | None = None, overrides: dict[str, Any] | None = None,
+    min_size: int | None = None, max_size: int | None = None, frozen_bn: bool | None = None, freeze_at: int | None = None,
+    dropout_p: float = 0.1, train_dropout: bool = False,
+) -> nn.Module:
+    """A detectron2 Faster R-CNN from a user's YAML config (``config_file``) with ``overrides``."""
+    from activedet.models.d2 import build_d2
+
+    return build_d2(
+        num_classes=num_classes, config_file=config_file, config_yaml=config_yaml, overrides=overrides, min_size=min_size,
+        max_size=max_size, frozen_bn=frozen_bn, freeze_at=freeze_at, dropout_p=dropout_p, train_dropout=train_dropout,
+    )
+
+
 def build_model(preset: str, *, num_classes: int, **options: Any) -> FasterRCNN:
     """Build preset ``preset`` with ``num_classes`` (C + 1) and preset ``options``.
 
@@ -348,8 +382,16 @@ def build_model(preset: str, *, num_classes: int, **options: Any) -> FasterRCNN:
 
     factory = PRESETS.get(preset)
     head = {k: options.pop(k) for k in list(options) if k in HEAD_OPTIONS}
+    if preset.startswith("d2_"):  # the detectron2 backend: its heads are detectron2's (the standard head only)
+        if head.get("box_head", "standard") != "standard" or set(head) - {"box_head"}:
+            raise ConfigError(f"preset_options.box_head: detector preset {preset!r} (detectron2 backend) has the standard "
+                              f"box head only, got {head}")
+        return _call(factory, preset, num_classes, options)
+    return apply_box_head(_call(factory, preset, num_classes, options), **head)
+
+
+def _call(factory, preset: str, num_classes: int, options: dict[str, Any]) -> nn.Module:
     try:
-        model = factory(num_classes=num_classes, **options)
+        return factory(num_classes=num_classes, **options)
     except TypeError as exc:
         raise ConfigError(f"detector preset {preset!r}: bad options {sorted(options)}: {exc}") from None
-    return apply_box_head(model, **head)

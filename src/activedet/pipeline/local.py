@@ -147,8 +147,13 @@ def run_local(exp: ExperimentConfig, run_dir: str | Path | None = None, *, verbo
     """
     from kfp import local
 
+    from activedet.models.backend import DETECTRON2, backend_name
     from activedet.pipeline.dag import build_pipeline
 
+    if backend_name(exp.training.preset) == DETECTRON2:  # the stages run here: fail before the first one, not in it
+        from activedet.models.d2 import require_detectron2
+
+        require_detectron2()
     exp, run_dir, run_root = prepare(exp, run_dir)
     log.info("local run in %s (store %s, MLflow %s)", run_dir, run_root, exp.mlflow.tracking_uri)
     local.init(runner=local.SubprocessRunner(use_venv=False), pipeline_root=str(run_dir / "kfp"), raise_on_error=True)

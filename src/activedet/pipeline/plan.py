@@ -155,6 +155,7 @@ def validate(exp: ExperimentConfig, where: str = "experiment") -> dict[str, dict
         for name in exp.baselines:
             if name not in STRATEGIES:
                 raise ConfigError(f"baselines: unknown selection strategy {name!r}; valid: {', '.join(STRATEGIES.names())}")
+        check_backend_features(exp)
         resolved = resolve(exp)
         if not any(selects_after(exp, k) for k in range(exp.cycles)):
             # a one-cycle run never selects, but its acquisition settings must still be sound
@@ -164,6 +165,20 @@ def validate(exp: ExperimentConfig, where: str = "experiment") -> dict[str, dict
     except ConfigError as exc:
         raise ConfigError(f"{where}: {exc}") from None
     return resolved
+
+
+def check_backend_features(exp: ExperimentConfig) -> None:
+    """Refuse features the preset's backend cannot give (detectron2: the mean teacher, the certainty
+    head, ``backbone_weights``), in one line naming the feature and the backend."""
+    from activedet.models.backend import check_supported
+
+    t = exp.training
+    check_supported(t.preset, {
+        "ssl.mode mean_teacher": exp.ssl.enabled and exp.ssl.mode == "mean_teacher",
+        "preset_options.box_head certainty": t.preset_options.get("box_head", "standard") != "standard",
+        "acquisition.score localization": exp.acquisition.score == "localization",
+        "training.backbone_weights": bool(t.backbone_weights),
+    })
 
 
 def _train_pool_size(exp: ExperimentConfig) -> tuple[int, str] | None:

@@ -891,6 +891,11 @@ def train_mean_teacher(config) -> dict | None:
     device = distributed.worker_device(device)
     seed_everything(config.seed)
     detector = load_detector(config.teacher_checkpoint_uri, dataset=dataset)
+    if detector.backend.unsupported.get("ssl.mode mean_teacher"):
+        from activedet.errors import ConfigError
+
+        raise ConfigError(f"ssl.mode mean_teacher: not available on the {detector.backend.name} backend (teacher "
+                          f"{config.teacher_checkpoint_uri}, preset {detector.preset!r}); use mode offline")
     detector.model.to(device)
     teacher = copy.deepcopy(detector.model).eval()
     teacher.roi_heads.keep_pre_nms = True

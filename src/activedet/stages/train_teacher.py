@@ -41,7 +41,7 @@ class Config(StageConfig):
         "(unset: every train image)"
     )
     output_uri: str = Field(description="output prefix for the checkpoint (model.safetensors, meta.json, train.json)")
-    preset: str = Field("tiny", description="detector preset: tiny, lite0_fpn, mobilenet_v3_fpn, resnet50_fpn")
+    preset: str = Field("tiny", description="detector preset: tiny, lite0_fpn, mobilenet_v3_fpn, resnet50_fpn (torchvision); d2_faster_rcnn_R_50_FPN, d2_config (detectron2)")
     preset_options: dict[str, Any] = Field(
         default_factory=dict, description="preset keyword options, e.g. {min_size: 600, anchor_sizes: [16, 32, 64]}"
     )
