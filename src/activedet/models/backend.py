@@ -118,20 +118,35 @@ class TorchvisionBackend:
             results, _ = rh(features, proposals, image_list.image_sizes)
         finally:
             rh.keep_pre_nms = False
+        passes, counts = None, None  # without MC dropout
         if mc_samples:
             kept = [r["boxes"] for r in results]
             counts = [len(b) for b in kept]
             with mc_dropout(rh.box_head):
                 passes = [rh.class_probs_for(features, kept, image_list.image_sizes) for _ in range(mc_samples)]
-            stacked = torch.stack(passes)  # [T, sum N, C+1]
-            for r, p in zip(results, stacked.split(counts, dim=1), strict=False):
-                r["mc_probs"] = p
-        if embeddings:
-            for r, e in zip(results, pooled_embedding(features, ("pool",)), strict=False):
-                r["embedding"] = e
-        for r, resized, orig in zip(results, image_list.image_sizes, original, strict=False):
-            rescale_boxes(r, (orig[1] / resized[1], orig[0] / resized[0]))
-        return results
+        sizes = zip(image_list.image_sizes, original, strict=True)
+        scales = [(orig[1] / resized[1], orig[0] / resized[0]) for resized, orig in sizes]
+        return finish_results(results, scales, mc_passes=passes, counts=counts,
+                              embeddings=pooled_embedding(features, ("pool",)) if embeddings else None)
+
+
+def finish_results(results: list[dict[str, Tensor]], scales: list[tuple[float, float]], *,
+                   mc_passes: list[Tensor] | None = None, counts: list[int] | None = None,
+                   embeddings: Tensor | None = None) -> list[dict[str, Tensor]]:
+    """What every backend's ``predict`` does last: split the MC-dropout passes (``T`` x
+    ``[sum N, C+1]``, images' kept boxes in order, ``counts`` per image) into ``mc_probs
+    [T, N, C+1]``, attach each image's ``embedding`` row, and scale the boxes by ``scales``
+    (x, y per image) back to the input frame."""
+    if mc_passes is not None:
+        stacked = torch.stack(mc_passes)  # [T, sum N, C+1]
+        for r, part in zip(results, stacked.split(counts, dim=1), strict=True):
+            r["mc_probs"] = part
+    if embeddings is not None:
+        for r, e in zip(results, embeddings, strict=True):
+            r["embedding"] = e
+    for r, scale in zip(results, scales, strict=True):
+        rescale_boxes(r, scale)
+    return results
 
 
 def rescale_boxes(result: dict[str, Tensor], scale: tuple[float, float]) -> None:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from activedet.errors import ConfigError
-from activedet.models.backend import DETECTRON2, pooled_embedding, rescale_boxes
+from activedet.models.backend import DETECTRON2, finish_results, pooled_embedding
 
 log = logging.getLogger(__name__)
 
@@ -426,6 +426,7 @@ class Detectron2Backend:
             results.append(postprocess_detections(
                 b, p, tuple(size), score_thresh=score_floor, nms_thresh=nms_iou, detections_per_img=max_dets, keep_pre_nms=pre_nms,
             ))
+        passes, counts = None, None  # without MC dropout
         if mc_samples:
             kept = [Boxes(r["boxes"]) for r in results]
             counts = [len(r["boxes"]) for r in results]
@@ -435,12 +436,6 @@ class Detectron2Backend:
                     logits, _ = rh.box_predictor(rh.box_head(rh.box_pooler(feats, kept)))
                     sm = F.softmax(logits.float(), dim=-1)
                     passes.append(torch.cat([sm[:, c:], sm[:, :c]], dim=1))
-            stacked = torch.stack(passes)  # [T, sum N, C+1]
-            for r, part in zip(results, stacked.split(counts, dim=1), strict=True):
-                r["mc_probs"] = part
-        if embeddings:
-            for r, e in zip(results, pooled_embedding(features, ("p6",)), strict=True):
-                r["embedding"] = e
-        for r, (sx, sy) in zip(results, scales, strict=True):
-            rescale_boxes(r, (1.0 / sx, 1.0 / sy))
-        return results
+        return finish_results(results, [(1.0 / sx, 1.0 / sy) for sx, sy in scales],
+                              mc_passes=passes, counts=counts,
+                              embeddings=pooled_embedding(features, ("p6",)) if embeddings else None)
