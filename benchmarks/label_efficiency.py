@@ -116,6 +116,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--name", default=None)
     p.add_argument("--smoke", action="store_true", help="tiny sizes, from-scratch tiny preset: seconds, checks that it all runs")
     p.add_argument("--render", type=Path, default=None, help="only re-aggregate and re-draw this results JSON")
+    p.add_argument("--import-records", type=Path, default=None,
+                   help="results JSON of an earlier invocation (same settings): its records count as done, so a fresh "
+                        "--work folder extends a committed benchmark instead of recomputing it")
     args = p.parse_args(argv)
     if args.smoke:
         args.pool, args.frames, args.eval_images, args.cycles = 24, 6, 8, 2
@@ -242,6 +245,10 @@ class Job:
     base: dict
     work: str
     strategies: list[str]
+    #: ``records.jsonl``: each finished strategy's records are appended at once, so a killed job keeps them
+    log: str | None = None
+    #: strategies whose every cycle is already recorded for this pool and seed: not run again
+    done: list[str] = field(default_factory=list)
     timings: dict = field(default_factory=dict)
 
     def _record_time(self, stage: str, seconds: float | None) -> None:
@@ -297,6 +304,8 @@ class Job:
         pool_size = len(load_dataset(self.base["dataset"]["uri"]).split_ids("train"))
         records = []
         for strategy in self.strategies:
+            if strategy in self.done:
+                continue
             exp = strategy_experiment(self.base, strategy)
             resolved: dict[str, str] = {}
             self.run_stage("init", exp, 0, resolved)
@@ -319,6 +328,10 @@ class Job:
                 records.append(rec)
                 progress(f"{self.pool} seed {self.seed}: {strategy:13s} cycle {cycle}: {labeled:4d} labels "
                          f"AP50 {rec['AP50']:5.1f} AP {rec['AP']:5.1f}" + (f" (auto chose {choice})" if choice else ""))
+            if self.log:
+                # one write per strategy (lines well under PIPE_BUF): parallel jobs' appends never interleave
+                with open(self.log, "a") as fh:
+                    fh.write("".join(json.dumps(r) + "\n" for r in records if r["strategy"] == strategy))
         return records
 
 
@@ -382,7 +395,8 @@ def comparisons(records: list[dict], pools: list[str], strategies: list[str]) ->
                     reach = a["labels_to_reach"]
                     diffs["labels_saved"].append(own - (reach if reach == reach else curves[s]["labeled"][-1]))
                 for quantity, values in diffs.items():
-                    mean, lo, hi = paired_bootstrap(values, seed=len(rows))
+                    # resampling seeded by the row's identity: adding a pool or strategy leaves others' intervals as they were
+                    mean, lo, hi = paired_bootstrap(values, seed=int(_key(pool, strategy, metric, quantity), 16) % 2**31)
                     rows.append({"pool": pool, "strategy": strategy, "metric": metric, "quantity": quantity, "mean": mean,
                                  "low": lo, "high": hi, "seeds": len(values), "verdict": verdict(lo, hi, len(values))})
     return rows
@@ -476,6 +490,8 @@ def markdown(payload: dict) -> str:
         "(x100 x percentage points), final AP50, labels saved at random's final AP50:",
         "",
     ]
+    lines[-2:-2] = [f"Cycle-0 AP50 spread between non-SSL strategies of one seed (they share the cycle-0 teacher; "
+                    f"0 = reproduced exactly): {payload.get('cycle0_spread', 0.0):.4f}.", ""]
     cmp_rows = [r for r in payload["comparisons"] if r["metric"] == "AP50"]
     table = []
     for pool in st["pools"]:
@@ -507,13 +523,28 @@ def settings_of(args) -> dict:
     return {k: getattr(args, k) for k in keys}
 
 
+def cycle0_spread(records: list[dict]) -> float:
+    """Largest difference in cycle-0 AP50 between non-SSL strategies of one pool and seed.
+
+    They share one initial set and one cycle-0 teacher, so anything above 0 means the teacher was
+    not reproduced (e.g. records imported from another machine) and pairs carry that noise.
+    """
+    by: dict = {}
+    for r in records:
+        if r["cycle"] == 0 and not r["strategy"].endswith("+ssl"):
+            by.setdefault((r["pool"], r["seed"]), []).append(r["AP50"])
+    return round(max((max(v) - min(v) for v in by.values()), default=0.0), 6)
+
+
 def finish(payload: dict, records: list[dict], out: Path, name: str) -> dict:
     """Aggregate ``records`` into ``payload`` and write JSON, CSVs, PNG and Markdown."""
     st = payload["settings"]
-    pools = [p for p in st["pools"] if any(r["pool"] == p for r in records)]
-    strategies = [s for s in st["strategies"] if any(r["strategy"] == s for r in records)]
+    # everything recorded (this invocation's and earlier ones' on the same work folder or imported)
+    pools = [p for p in POOLS if any(r["pool"] == p for r in records)]
+    strategies = [s for s in STRATEGIES if any(r["strategy"] == s for r in records)]
     st.update(pools=pools, strategies=strategies, seeds=sorted({r["seed"] for r in records}))
     curves = curve_table(records)
+    payload["cycle0_spread"] = cycle0_spread(records)
     rows = comparisons(records, pools, strategies)
     payload.update(records=records, curves=curves, comparisons=rows, auto_check=best_fixed_check(rows, pools))
     out.mkdir(parents=True, exist_ok=True)
@@ -533,6 +564,27 @@ def render(path: Path) -> dict:
     return result
 
 
+def imported_payload(path: Path | None, args) -> dict:
+    """A committed results JSON (its records and commands), refused when its settings differ from this invocation's."""
+    if path is None:
+        return {}
+    payload = json.loads(path.read_text())
+    ours, theirs = settings_of(args), payload["settings"]
+    differ = [k for k in ours if k not in ("pools", "strategies", "seeds") and theirs.get(k) != ours[k]]
+    if differ:
+        raise SystemExit(f"--import-records {path}: settings differ from this invocation's: {', '.join(differ)}")
+    return payload
+
+
+def finished_strategies(records: list[dict], pool: str, seed: int, cycles: int) -> list[str]:
+    """Strategies with a record for every cycle of ``pool`` and ``seed``."""
+    seen: dict[str, set] = {}
+    for r in records:
+        if r["pool"] == pool and r["seed"] == seed:
+            seen.setdefault(r["strategy"], set()).add(r["cycle"])
+    return [s for s, c in seen.items() if c >= set(range(cycles))]
+
+
 def main(argv=None) -> dict:
     args = parse_args(argv)
     if args.render:
@@ -543,17 +595,17 @@ def main(argv=None) -> dict:
     progress(f"label efficiency: pools {args.pools}, strategies {args.strategies}, seeds {args.seeds}, work {args.work}")
     datasets = make_datasets(args)
     threads = 1 if args.device == "cpu" and args.workers > 1 else max(1, (os.cpu_count() or 1) // max(1, args.workers))
-    specs = [{"pool": p, "seed": s, "base": base_experiment(args, p, datasets[p], s), "work": str(args.work / p),
-              "strategies": list(args.strategies), "threads": threads} for s in args.seeds for p in args.pools]
     log_path = args.work / "records.jsonl"
-    done = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    imported = imported_payload(args.import_records, args)
+    done = list(imported.get("records", []))
+    done += [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    specs = [{"pool": p, "seed": s, "base": base_experiment(args, p, datasets[p], s), "work": str(args.work / p),
+              "strategies": list(args.strategies), "threads": threads, "log": str(log_path),
+              "done": finished_strategies(done, p, s, args.cycles)} for s in args.seeds for p in args.pools]
     timings: dict = {}
     jobs_done = [0]
 
     def collect(res: dict) -> None:
-        with open(log_path, "a") as fh:
-            for r in res["records"]:
-                fh.write(json.dumps(r) + "\n")
         done.extend(res["records"])
         for stage, t in res["timings"].items():
             agg = timings.setdefault(stage, {"runs": 0, "seconds": 0.0, "reused": 0})
@@ -574,7 +626,9 @@ def main(argv=None) -> dict:
             collect(_job_main(dict(spec)))
     # one record per (pool, seed, strategy, cycle): the newest wins (a re-run recomputes nothing but re-reports)
     latest = {(r["pool"], r["seed"], r["strategy"], r["cycle"]): r for r in done}
-    payload = {"benchmark": "label_efficiency", "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
+    command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
+    earlier = imported.get("commands") or ([imported["command"]] if imported else [])
+    payload = {"benchmark": "label_efficiency", "command": command, "commands": [*earlier, command],
                "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
                "settings": settings_of(args), "datasets": datasets, "stage_timings": timings}
     payload = finish(payload, sorted(latest.values(), key=lambda r: (r["pool"], r["seed"], _order(r["strategy"]), r["cycle"])),

@@ -58,10 +58,12 @@ QUANTITIES = (("auc", "AUC@B of AP50"), ("final", "AP50@B"), ("labels_saved", "l
 def _le_settings(le: dict) -> str:
     s = le["settings"]
     weights = "" if s["backbone_weights"] == "none" else f" from {s['backbone_weights']} weights"
-    pools = ", ".join(f"`{p}`" for p in s["pools"])
+    described = {"synth-redundant": f"SynthDrive, {s['pool']} frames in sequences of {s['frames']} near-duplicates",
+                 "synth-diverse": f"SynthDrive, {s['pool']} independent frames",
+                 "traffic-cams": "the real traffic-camera frames, split by scene"}
+    pools = ", ".join(f"`{p}` ({described.get(p, p)})" for p in s["pools"])
     return (
-        f"Pools {pools} (SynthDrive: {s['pool']} frames{', in sequences of ' + str(s['frames']) + ' near-duplicates' if 'synth-redundant' in s['pools'] else ''}; "
-        f"AP50 x100 on the pool's held-out set), I = {s['initial_pct']:g} % and B = {s['budget_pct']:g} % of the pool, {s['cycles']} cycles, "
+        f"Pools {pools}; AP50 x100 on each pool's held-out set; I = {s['initial_pct']:g} % and B = {s['budget_pct']:g} % of the pool, {s['cycles']} cycles, "
         f"seeds {s['seeds']}, `{s['preset']}`{weights} on CPU, {s['teacher_iters']} teacher iterations from scratch every cycle. "
         "Every stage runs the config its `from_experiment` builds from the experiment (the product's defaults), in-process."
     )
@@ -91,9 +93,15 @@ def _le_plain(le: dict) -> str:
     few = [r for r in rows if r["verdict"].startswith("too few")]
     parts.append(f"{len(few)} of {len(rows)} comparisons have fewer than {MIN_PAIRS} paired seeds and settle nothing."
                  if few else "Everything else is undecided.")
+    chose: dict[str, set] = {}
+    for c in le["curves"]:
+        if c["strategy"] == "auto" and c.get("auto_choices"):
+            chose.setdefault(c["pool"], set()).update(c["auto_choices"].split(","))
     for check in le.get("auto_check") or []:
-        parts.append(f"`auto` on {check['pool']}: best fixed strategy {check['best_fixed']}; within its interval: "
-                     f"{check['auto_within_best']}.")
+        picks = sorted(chose.get(check["pool"], {"?"}))
+        picked = f"{picks[0]} in every cycle and seed" if len(picks) == 1 else "among " + " / ".join(picks)
+        parts.append(f"`auto` on {check['pool']} chose {picked}; best fixed strategy by AUC@B "
+                     f"{check['best_fixed']}; auto's mean within its interval: {check['auto_within_best']}.")
     return " ".join(parts)
 
 
@@ -104,7 +112,8 @@ def label_efficiency_section(le: dict | None, *, image_prefix: str, detail: bool
     best = max((c["AP50_mean"] for c in le["curves"]), default=float("nan"))
     level = (f"The highest mean AP50 (x100) of any strategy at any cycle is {_f(best)}: read the differences against "
              "that level.")
-    out = ["### Label efficiency", "", f"`benchmarks/{le['command']}`. " + _le_settings(le) + note, "", _le_table(le), "",
+    commands = " then ".join(f"`benchmarks/{c}`" for c in le.get("commands") or [le["command"]])
+    out = ["### Label efficiency", "", f"{commands}. " + _le_settings(le) + note, "", _le_table(le), "",
            _le_plain(le) + " " + level, "", f"![budget curves]({image_prefix}benchmarks/results/{le['plot']})", ""]
     if detail:
         out += ["AP50 (x100) per cycle, mean [95 % interval] over seeds:", "", _curve_table(le), ""]

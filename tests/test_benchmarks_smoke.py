@@ -175,3 +175,18 @@ def test_certainty_benchmark_true_iou_is_best_same_class_iou():
     c = certainty_head.correlations(np.array([0.1, 0.5, 0.9]), np.array([0.2, 0.4, 0.9]))
     assert c["spearman"] == pytest.approx(1.0) and c["n"] == 3
     assert certainty_head.correlations(np.ones(3), np.arange(3.0))["pearson"] is None
+
+
+def test_label_efficiency_skips_recorded_strategies_and_refuses_foreign_records(tmp_path):
+    recs = [{"pool": "synth-redundant", "seed": 0, "strategy": s, "cycle": c} for s in ("random", "entropy") for c in (0, 1)]
+    recs = recs[:-1]  # entropy lacks its last cycle: it runs again
+    assert le.finished_strategies(recs, "synth-redundant", 0, cycles=2) == ["random"]
+    assert le.finished_strategies(recs, "synth-redundant", 1, cycles=2) == []
+    args = le.parse_args(["--smoke"])
+    committed = tmp_path / "le.json"
+    committed.write_text(json.dumps({"settings": {**le.settings_of(args), "teacher_iters": 99}, "records": recs,
+                                     "command": "label_efficiency.py --smoke"}))
+    with pytest.raises(SystemExit, match="teacher_iters"):
+        le.imported_payload(committed, args)
+    committed.write_text(json.dumps({"settings": le.settings_of(args), "records": recs, "command": "x"}))
+    assert le.imported_payload(committed, args)["records"] == recs
