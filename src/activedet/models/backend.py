@@ -97,6 +97,10 @@ class TorchvisionBackend:
         return build_model(preset, num_classes=num_classes, **options)
 
     def input_size(self, model: nn.Module) -> dict[str, Any]:
+        from activedet.models.presets import is_native_scale
+
+        if is_native_scale(model):
+            return {"native_scale": True}
         t = model.transform
         return {"min_size": list(t.min_size), "max_size": t.max_size}
 

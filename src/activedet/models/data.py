@@ -5,7 +5,10 @@
 and ``regress [N]`` bool (see :class:`~activedet.models.roi_heads.WeightedRoIHeads`).
 Augmentation (torchvision.transforms.v2, boxes move with the image): horizontal flip and scale
 jitter (the content is zoomed by a factor in ``scale_jitter`` on an unchanged canvas, so the
-object scale really changes even though the model resizes every image to its ``min_size``).
+object scale really changes even though the model resizes every image to its ``min_size``) and,
+with ``crop_size``, a random crop of that many pixels (for models that keep the input resolution,
+preset option ``native_scale``: objects stay at their true pixel size at a fraction of the cost of
+a full frame; boxes cut by the crop are clipped, those left under 2 px dropped).
 """
 
 from __future__ import annotations
@@ -81,6 +84,7 @@ class DetectionDataset(torch.utils.data.Dataset):
         class_weights: Mapping[int, float] | None = None,
         box_weight: float = 1.0,
         bg_weight: float = 1.0,
+        crop_size: tuple[int, int] | None = None,
         cache: ContentCache | None = None,
     ):
         self.dataset = dataset
@@ -116,6 +120,9 @@ class DetectionDataset(torch.utils.data.Dataset):
             steps.append(v2.RandomHorizontalFlip(hflip))
         if train and scale_jitter is not None:
             steps.append(v2.RandomAffine(degrees=0.0, scale=tuple(scale_jitter)))
+        if train and crop_size is not None:
+            # frames smaller than the crop are padded (black) so every crop of a batch has one size
+            steps.append(v2.RandomCrop(tuple(int(x) for x in crop_size), pad_if_needed=True))
         steps.append(v2.ClampBoundingBoxes())
         steps.append(v2.SanitizeBoundingBoxes(min_size=2.0, labels_getter=_per_box_fields))
         steps.append(v2.ToDtype(torch.float32, scale=True))

@@ -19,6 +19,9 @@ class distributions) and a box head with dropout (:class:`DropoutTwoMLPHead`, ``
 Every preset also takes the box-head options of :mod:`activedet.models.certainty_head`
 (``box_head: certainty``, ``intervals``, ``segment_span``, ``quality_nms``): Li et al.'s
 certainty-aware head in place of the regression head, with a localization quality per box.
+The torchvision presets also take ``native_scale`` (:data:`SCALE_OPTIONS`): images keep their own
+resolution in training and inference (:class:`NativeScaleTransform`), for small objects in large
+frames trained on random crops (``training.crop_size``).
 
 Tensor shapes (torchvision's detection API): the model takes ``images: list[Tensor[3, H, W]]``
 float in [0, 1] (any sizes; the model's transform resizes the short side to ``min_size``, capped
@@ -51,6 +54,7 @@ from torchvision.models.detection import (
     fasterrcnn_resnet50_fpn,
 )
 from torchvision.models.detection.rpn import AnchorGenerator
+from torchvision.models.detection.transform import GeneralizedRCNNTransform
 from torchvision.ops import MultiScaleRoIAlign
 
 from activedet.errors import ConfigError
@@ -373,21 +377,66 @@ def d2_config(
     )
 
 
+#: options every torchvision preset takes besides its own (applied by :func:`build_model`)
+SCALE_OPTIONS = ("native_scale",)
+CROP_NEEDS_NATIVE = ("crop_size: needs preset_options.native_scale: true (otherwise the model resizes every crop to its "
+                     "min_size and trains objects at another scale than it detects them at)")
+
+
+class NativeScaleTransform(GeneralizedRCNNTransform):
+    """torchvision's detection transform without its resize: normalise and batch only.
+
+    Images (and training boxes) keep their own resolution in training and in inference, so a
+    model trained on random crops (``training.crop_size``) of full-resolution frames sees objects
+    at the scale it will detect them at; boxes come back in input pixels as before (the
+    postprocess rescale is then the identity). ``min_size`` / ``max_size`` are kept for the record
+    and not applied.
+    """
+
+    def resize(self, image, target=None):
+        return image, target
+
+
+def native_scale(model: nn.Module) -> nn.Module:
+    """Swap ``model.transform`` (a :class:`GeneralizedRCNNTransform`) for a :class:`NativeScaleTransform`."""
+    t = model.transform
+    model.transform = NativeScaleTransform(t.min_size, t.max_size, t.image_mean, t.image_std,
+                                           size_divisible=t.size_divisible, fixed_size=t.fixed_size)
+    return model
+
+
+def is_native_scale(model: nn.Module) -> bool:
+    """Whether ``model`` runs at its inputs' own resolution (preset option ``native_scale``)."""
+    return isinstance(getattr(model, "transform", None), NativeScaleTransform)
+
+
+def check_crop(crop_size, model: nn.Module, *, where: str) -> None:
+    """Fail when training on crops of a model that resizes its inputs (see :data:`CROP_NEEDS_NATIVE`)."""
+    if crop_size is not None and not is_native_scale(model):
+        raise ConfigError(f"{where}: {CROP_NEEDS_NATIVE}; the checkpoint's model is not native_scale")
+
+
 def build_model(preset: str, *, num_classes: int, **options: Any) -> FasterRCNN:
     """Build preset ``preset`` with ``num_classes`` (C + 1) and preset ``options``.
 
     The box-head options (:data:`~activedet.models.certainty_head.HEAD_OPTIONS`: ``box_head``,
-    ``intervals``, ``segment_span``, ``quality_nms``) are accepted by every preset."""
+    ``intervals``, ``segment_span``, ``quality_nms``) are accepted by every preset, ``native_scale``
+    (:data:`SCALE_OPTIONS`) by every torchvision preset."""
     from activedet.models.certainty_head import HEAD_OPTIONS, apply_box_head
 
     factory = PRESETS.get(preset)
     head = {k: options.pop(k) for k in list(options) if k in HEAD_OPTIONS}
+    native = bool(options.pop("native_scale", False))
     if preset.startswith("d2_"):  # the detectron2 backend: its heads are detectron2's (the standard head only)
         if head.get("box_head", "standard") != "standard" or set(head) - {"box_head"}:
             raise ConfigError(f"preset_options.box_head: detector preset {preset!r} (detectron2 backend) has the standard "
                               f"box head only, got {head}")
+        if native:
+            raise ConfigError(f"preset_options.native_scale: detector preset {preset!r} (detectron2 backend) resizes with "
+                              "its own INPUT settings; native_scale is a torchvision-preset option")
         return _call(factory, preset, num_classes, options)
-    return apply_box_head(_call(factory, preset, num_classes, options), **head)
+    model = apply_box_head(_call(factory, preset, num_classes, options), **head)
+    return native_scale(model) if native else model
 
 
 def _call(factory, preset: str, num_classes: int, options: dict[str, Any]) -> nn.Module:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Any, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from activedet.config import FrozenModel, load_config
 from activedet.data.synth import SynthConfig
@@ -63,6 +63,10 @@ class TrainingSpec(FrozenModel):
     )
     warm_start: bool = Field(
         False, description="start each cycle's teacher from the previous cycle's model (Elezi retrains from scratch)"
+    )
+    crop_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="teacher and student train on random [height, width] crops at the images' own resolution "
+        "(small objects in large frames; needs preset_options.native_scale: true); unset: whole images"
     )
     num_workers: int | None = Field(None, ge=0, description="data-loader worker processes (unset: the stages' default)")
     checkpoint_every: int | None = Field(None, ge=1, description="iterations between resumable checkpoints (unset: the stages' default)")

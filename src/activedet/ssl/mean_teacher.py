@@ -870,6 +870,7 @@ def train_mean_teacher(config) -> dict | None:
     from activedet.data.dataset import load_dataset
     from activedet.models import distributed
     from activedet.models.checkpoint import load_detector
+    from activedet.models.presets import check_crop
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
     from activedet.models.train import data_digest, seed_everything, train_and_commit
@@ -891,6 +892,7 @@ def train_mean_teacher(config) -> dict | None:
     device = distributed.worker_device(device)
     seed_everything(config.seed)
     detector = load_detector(config.teacher_checkpoint_uri, dataset=dataset)
+    check_crop(config.crop_size, detector.model, where="train-student-ssl")
     if detector.backend.unsupported.get("ssl.mode mean_teacher"):
         from activedet.errors import ConfigError
 
@@ -920,9 +922,10 @@ def train_mean_teacher(config) -> dict | None:
                            class_weights=config.use_class_weights)
 
     params = StrongParams(**config.strong_augmentation.model_dump(exclude={"enabled"})) if config.strong_augmentation.enabled else None
-    lab_data = DetectionDataset(dataset, labeled, category_ids=detector.category_ids, hflip=config.hflip, scale_jitter=config.scale_jitter)
+    lab_data = DetectionDataset(dataset, labeled, category_ids=detector.category_ids, hflip=config.hflip, scale_jitter=config.scale_jitter,
+                                crop_size=config.crop_size)
     pool_data = TwoViews(DetectionDataset(dataset, pool, category_ids=detector.category_ids, hflip=config.hflip,
-                                          scale_jitter=config.scale_jitter), params)
+                                          scale_jitter=config.scale_jitter, crop_size=config.crop_size), params)
     settings = {**mt.model_dump(mode="json"), "mode": "mean_teacher", "ema_decay_used": decay, "lambda_u": config.lambda_u}
     info = {"labeled_images": len(labeled), "pool_images": len(pool), "mean_teacher": settings}
     hook = MeanTeacherHook(loss, decay=decay, class_names=detector.class_names, tracker=tracker, info=info)

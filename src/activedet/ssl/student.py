@@ -148,6 +148,7 @@ def train_student(config) -> dict:
     from activedet.data.dataset import load_dataset
     from activedet.models import distributed
     from activedet.models.checkpoint import load_detector
+    from activedet.models.presets import check_crop
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
     from activedet.models.train import data_digest, seed_everything, train_and_commit
@@ -172,6 +173,7 @@ def train_student(config) -> dict:
     device = distributed.worker_device(device)
     seed_everything(config.seed)
     detector = load_detector(config.teacher_checkpoint_uri, dataset=dataset)
+    check_crop(config.crop_size, detector.model, where="train-student-ssl")
     detector.model.to(device)
     parents = list(config.parent_run_ids) + [p for p in detector.meta.get("parent_run_ids", []) if p not in config.parent_run_ids]
     tracker = tracker_for(config, run_name="train-student-ssl") if rank.is_main else NullTracker()
@@ -184,12 +186,13 @@ def train_student(config) -> dict:
         log.warning("train-student-ssl: no pseudo-labeled images: training on labeled images only")
     strong = config.strong_augmentation
     params = StrongParams(**strong.model_dump(exclude={"enabled"})) if strong.enabled else None
-    lab_data = DetectionDataset(dataset, labeled, category_ids=detector.category_ids, hflip=config.hflip, scale_jitter=config.scale_jitter)
+    lab_data = DetectionDataset(dataset, labeled, category_ids=detector.category_ids, hflip=config.hflip, scale_jitter=config.scale_jitter,
+                                crop_size=config.crop_size)
     pseudo_data = (
         StrongView(
             DetectionDataset(
                 dataset, pool_ids, category_ids=detector.category_ids, boxes=pseudo, hflip=config.hflip,
-                scale_jitter=config.scale_jitter, class_weights=weights,
+                scale_jitter=config.scale_jitter, class_weights=weights, crop_size=config.crop_size,
             ),
             params,
         )

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field, PositiveInt, model_validator
 
 from activedet.config import FrozenModel, StageConfig, config_from
 from activedet.ssl.filters import DYNAMIC_DEFAULTS
@@ -135,6 +135,10 @@ class Config(StageConfig):
     strong_augmentation: StrongAugmentation = Field(StrongAugmentation(), description="strong augmentation settings")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability (weak augmentation)")
     scale_jitter: tuple[float, float] | None = Field((0.8, 1.25), description="content zoom range of the weak augmentation (unset: none)")
+    crop_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="train on random [height, width] crops at the images' own resolution (the teacher checkpoint "
+        "must be native_scale); unset: whole images"
+    )
     lr: float = Field(0.02, gt=0.0, description="base SGD learning rate")
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="SGD momentum")
     weight_decay: float = Field(1e-4, ge=0.0, description="SGD weight decay")
@@ -177,6 +181,7 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
             "labeled_fraction": "ssl.labeled_fraction", "lambda_u": "ssl.lambda_u",
             "mode": "ssl.mode", "mean_teacher": "ssl.mean_teacher",
             "checkpoint_every": "training.checkpoint_every", "num_workers": "training.num_workers", "device": "device",
+            "crop_size": "training.crop_size",
         },
         teacher_checkpoint_uri=layout.teacher(cycle), dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
         pseudo_labels_uri=layout.pseudo_labels(cycle) if exp.ssl.needs_pseudo_labels else None,

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field, PositiveInt, model_validator
 
 from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
@@ -69,6 +69,10 @@ class Config(StageConfig):
     lr_milestones: tuple[float, ...] = Field((2 / 3, 8 / 9), description="fractions of the schedule where lr is divided by 10")
     hflip: float = Field(0.5, ge=0.0, le=1.0, description="horizontal flip probability")
     scale_jitter: tuple[float, float] | None = Field((0.8, 1.25), description="content zoom range (unset: no scale jitter)")
+    crop_size: tuple[PositiveInt, PositiveInt] | None = Field(
+        None, description="train on random [height, width] crops at the images' own resolution (needs preset_options."
+        "native_scale: true); unset: whole images"
+    )
     seed: int = Field(0, description="seed for initialisation, sampling and augmentation")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device (auto: cuda when available)")
     amp: bool = Field(True, description="mixed precision (CUDA only)")
@@ -79,6 +83,14 @@ class Config(StageConfig):
         "batch_size is per process and lr is scaled by devices (linear rule)"
     )
     parent_run_ids: list[str] = Field(default_factory=list, description="MLflow run ids this model derives from (provenance)")
+
+    @model_validator(mode="after")
+    def _crop_needs_native_scale(self) -> Config:
+        if self.crop_size is not None and not self.preset_options.get("native_scale"):
+            from activedet.models.presets import CROP_NEEDS_NATIVE
+
+            raise ValueError(CROP_NEEDS_NATIVE)
+        return self
 
     @model_validator(mode="before")
     @classmethod
@@ -102,7 +114,7 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int) -> Con
             "preset": "training.preset", "preset_options": "training.preset_options",
             "iterations": "training.teacher_iterations", "batch_size": "training.batch_size", "lr": "training.lr",
             "checkpoint_every": "training.checkpoint_every", "num_workers": "training.num_workers", "device": "device",
-            "min_backbone_match": "training.min_backbone_match",  # backbone_weights: a warm start has them already
+            "min_backbone_match": "training.min_backbone_match", "crop_size": "training.crop_size",  # backbone_weights: a warm start has them already
             **({} if warm else {"init_checkpoint_uri": "training.init_checkpoint", "backbone_weights": "training.backbone_weights"}),
         },
         dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle), output_uri=layout.teacher(cycle),
@@ -129,8 +141,11 @@ def check_preset(preset: str, options: dict[str, Any]) -> None:
     if any(p.kind is p.VAR_KEYWORD for p in params.values()):
         return
     from activedet.models.certainty_head import HEAD_OPTIONS, check_head_options
+    from activedet.models.presets import SCALE_OPTIONS
 
-    valid = sorted({n for n in params if n != "num_classes"} | set(HEAD_OPTIONS))  # box-head options: every preset
+    # box-head options: every preset; native_scale: every torchvision preset
+    generic = set(HEAD_OPTIONS) | (set() if preset.startswith("d2_") else set(SCALE_OPTIONS))
+    valid = sorted({n for n in params if n != "num_classes"} | generic)
     bad = sorted(set(options) - set(valid))
     if bad:
         raise ConfigError(f"training.preset_options.{bad[0]}: not an option of preset {preset!r} (valid: {', '.join(valid)})")
@@ -221,7 +236,8 @@ def _train(config: Config) -> Result | None:
         | {"labeled_images": len(ids), "data_digest": digest}
     )
     train_data = DetectionDataset(
-        dataset, ids, category_ids=detector.category_ids, train=True, hflip=config.hflip, scale_jitter=config.scale_jitter
+        dataset, ids, category_ids=detector.category_ids, train=True, hflip=config.hflip, scale_jitter=config.scale_jitter,
+        crop_size=config.crop_size,
     )
     done = train_and_commit(
         config, detector,
