@@ -15,6 +15,7 @@ coreset+ssl, unified+ssl, auto. Pools (``--pools``):
 
 * ``traffic-cams``: the real frames of ../shared/datasets/traffic-cams, imported and split by
   scene (``activedet data split``: near-duplicate clusters never straddle pool and held-out);
+  its small boxes train on full-resolution crops with native-scale inference (:data:`POOL_TRAINING`);
 * ``synth-redundant``: a SynthDrive pool of ``--pool`` frames in sequences of ``--frames``
   near-duplicates (long-tailed classes);
 * ``synth-diverse``: ``--pool`` independent SynthDrive frames (one per sequence).
@@ -66,6 +67,10 @@ from common import (  # noqa: E402
 )
 
 POOLS = ("traffic-cams", "synth-redundant", "synth-diverse")
+#: per-pool training settings on top of the common ones: traffic-cams' median box is 26 x 22 px at
+#: 640 x 360, ~9 px at the presets' 128-px short side, so it trains on full-resolution crops of
+#: SynthDrive's frame size and runs inference at full resolution (docs/detector.md)
+POOL_TRAINING: dict[str, dict] = {"traffic-cams": {"preset_options": {"native_scale": True}, "crop_size": [128, 256]}}
 TRAFFIC_CAMS = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "traffic-cams" / "data.yaml"
 
 #: strategy name -> the experiment sections it sets (everything else is the pool's base experiment)
@@ -218,6 +223,7 @@ def base_experiment(args, pool: str, dataset_uri: str, seed: int) -> dict:
                 "batch_size": args.batch_size, "num_workers": 0, "checkpoint_every": 10_000}
     if args.backbone_weights != "none":
         training["backbone_weights"] = args.backbone_weights
+    training.update(POOL_TRAINING.get(pool, {}))
     return {
         "name": f"le-{pool}", "dataset": {"uri": dataset_uri}, "initial_size": initial, "budget": budget, "cycles": args.cycles,
         "seed": seed, "device": args.device, "training": training,

@@ -171,7 +171,8 @@ def run_seed(seed: int, args, root: Path, dataset_uri: str) -> list[dict]:
         with store.OutputWriter(ledger) as out:
             write_ledger(out, new_ledger(train, labeled), cycle=0, parent=None)
     common = {"dataset_uri": dataset_uri, "ledger_uri": ledger, "device": "cpu", "seed": seed,
-              "checkpoint_every": args.checkpoint_every, "batch_size": args.batch_size}
+              "checkpoint_every": args.checkpoint_every, "batch_size": args.batch_size,
+              **({"crop_size": list(args.crop_size)} if args.crop_size else {})}
     model = {"preset": args.preset, "preset_options": json.loads(args.preset_options)}
     if args.backbone_weights != "none":
         model["backbone_weights"] = args.backbone_weights
@@ -351,6 +352,9 @@ def main() -> None:
     ap.add_argument("--labeled-pct", type=float, default=None, help="labeled share of the train split (overrides --labeled)")
     ap.add_argument("--preset", default="tiny", help="detector preset (lite0_fpn: the pretrained CPU preset)")
     ap.add_argument("--preset-options", default="{}", help="preset options (JSON), e.g. min_size / max_size")
+    ap.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                    help="train teacher, control and students on random H x W crops at full resolution (needs "
+                         "--preset-options '{\"native_scale\": true}'; for traffic-cams' small boxes)")
     ap.add_argument("--backbone-weights", default="none", help="train-teacher backbone_weights ('none' = from scratch)")
     ap.add_argument("--teacher-iters", type=int, default=240)
     ap.add_argument("--student-iters", type=int, default=120)
