@@ -1,8 +1,11 @@
 """Certainty-aware box head (Li et al.) vs the standard regression head: teacher AP / AP75, and
 whether the localization quality ``v`` tracks the true IoU of a predicted box.
 
-SynthDrive (``--sequences`` x ``--frames``, 128x256, seed 0, its own train/val split by sequence),
-preset ``tiny`` from scratch, the same iterations, batch size, lr and seeds for every head:
+SynthDrive (``--sequences`` x ``--frames``, 128x256, seed 0, its own train/val split by sequence)
+or, with ``--dataset traffic-cams``, the real frames of ../shared/datasets/traffic-cams split by
+scene (``activedet data split``, as benchmarks/teacher.py does; ``--crop-size H W`` trains on
+full-resolution crops of a native-scale model, for its small boxes); preset ``tiny`` from scratch
+by default; the same iterations, batch size, lr and seeds for every head:
 
 * ``standard`` -- torchvision's regression head (the product's default);
 * ``certainty-K4`` -- ``preset_options: {box_head: certainty, intervals: 4}`` (Li et al. Table 7:
@@ -17,14 +20,15 @@ score with it -- the baseline measured in the same run: is ``v`` a better signal
 than the score the standard pipeline already has?
 
     OMP_NUM_THREADS=1 nohup .venv/bin/python benchmarks/certainty_head.py --work /tmp/bench-cert &
+    # two processes on disjoint seeds share one --work folder (one JSON per run), then --render
     .venv/bin/python benchmarks/certainty_head.py --work /tmp/bench-cert --render      # tables only
     .venv/bin/python benchmarks/certainty_head.py --work /tmp/c --seeds 0 --iterations 5 --out /tmp/c/res  # smoke
 
 Resumable: every finished run is a JSON file under ``--work/runs/``; a re-run skips them. Runs go
 seed by seed (every head of seed 0 first), so a partial run stays balanced. Writes
 ``benchmarks/results/certainty_head.{json,csv,png,md}`` and (with the default ``--out``) the block
-between the ``certainty_head`` markers of ``benchmarks/README.md``, rendered from the JSON. Not measured here (issue 16 asks for
-them too): traffic-cams, and the SSL student with ``dynamic`` using real ``v`` vs ``v = 1``.
+between the ``certainty_head`` markers of ``benchmarks/README.md``, rendered from the JSON. The SSL student with ``dynamic`` using real ``v`` vs ``v = 1`` is
+benchmarks/ssl_student.py's (``--filters dynamic dynamic@v1``).
 """
 
 from __future__ import annotations
@@ -51,6 +55,37 @@ HEADS: dict[str, dict] = {
     "certainty-K4": {"box_head": "certainty", "intervals": 4},
     "certainty-K30": {"box_head": "certainty", "intervals": 30},
 }
+
+
+def run_tag(args) -> str:
+    """What sets a run apart besides head, seed and iterations (empty for the original tiny SynthDrive runs)."""
+    tag = "" if args.preset == "tiny" and args.backbone_weights == "none" else f"-{args.preset}-{args.backbone_weights}"
+    if args.dataset != "synthdrive":
+        tag += f"-{args.dataset}"
+    if args.crop_size:
+        tag += f"-crop{args.crop_size[0]}x{args.crop_size[1]}"
+    return tag
+
+
+def head_options(head: str, args) -> dict:
+    """The head's preset options, native-scale when training on crops."""
+    return {**HEADS[head], **({"native_scale": True} if args.crop_size else {})}
+
+
+def prepare_dataset(args) -> str:
+    if args.dataset == "traffic-cams":
+        from teacher import prepare_traffic_cams
+
+        return prepare_traffic_cams(args.work)[0]
+    return prepare_synthdrive(args.work, args.sequences, args.frames)
+
+
+def dataset_label(s: dict) -> str:
+    if s.get("dataset", "synthdrive") == "traffic-cams":
+        crop = s.get("crop_size")
+        return "traffic-cams (real frames, split by scene" + (f"; {crop[0]}x{crop[1]} full-resolution crops, native-scale "
+                                                             "inference)" if crop else ")")
+    return f"SynthDrive {s['sequences']}x{s['frames']}"
 
 
 def prepare_synthdrive(work: Path, sequences: int, frames: int) -> str:
@@ -99,19 +134,19 @@ def correlations(x: np.ndarray, y: np.ndarray) -> dict:
 
 def run_one(work: Path, dataset_uri: str, head: str, seed: int, args) -> dict:
     """train-teacher + evaluate + IoU correlations of one (head, seed); cached under ``work/runs``."""
-    tag = "" if args.preset == "tiny" and args.backbone_weights == "none" else f"-{args.preset}-{args.backbone_weights}"
-    record = work / "runs" / f"{head}-s{seed}-it{args.iterations}{tag}.json"
+    record = work / "runs" / f"{head}-s{seed}-it{args.iterations}{run_tag(args)}.json"
     if record.exists():
         return json.loads(record.read_text())
     from activedet import store
     from activedet.data.dataset import load_dataset
     from activedet.stages import evaluate, train_teacher
 
-    out = work / "models" / f"{head}-s{seed}-it{args.iterations}{tag}"
+    out = work / "models" / f"{head}-s{seed}-it{args.iterations}{run_tag(args)}"
     load0 = os.getloadavg()[0]
     t0 = time.monotonic()
     tres = train_teacher.run(train_teacher.Config(
-        dataset_uri=dataset_uri, output_uri=str(out / "teacher"), preset=args.preset, preset_options=HEADS[head],
+        dataset_uri=dataset_uri, output_uri=str(out / "teacher"), preset=args.preset, preset_options=head_options(head, args),
+        crop_size=tuple(args.crop_size) if args.crop_size else None,
         backbone_weights=None if args.backbone_weights == "none" else args.backbone_weights,
         iterations=args.iterations, batch_size=args.batch_size, lr=args.lr, warmup_iters=min(50, args.iterations // 5),
         seed=seed, device="cpu", checkpoint_every=0,
@@ -130,7 +165,8 @@ def run_one(work: Path, dataset_uri: str, head: str, seed: int, args) -> dict:
     quality = np.asarray(preds.column("loc_quality").to_pylist(), dtype=np.float64)
     has_v = np.isfinite(quality).any()
     result = {
-        "head": head, "preset": args.preset, "backbone_weights": args.backbone_weights, "preset_options": HEADS[head], "seed": seed, "iterations": args.iterations,
+        "head": head, "preset": args.preset, "backbone_weights": args.backbone_weights, "preset_options": head_options(head, args),
+        "dataset": args.dataset, "crop_size": args.crop_size, "seed": seed, "iterations": args.iterations,
         "batch_size": args.batch_size, "lr": args.lr, "train_s": round(train_s, 1), "it_per_s": round(tres.it_per_s, 3),
         "final_loss": round(tres.final_loss, 4), "AP": eres["AP"], "AP50": eres["AP50"], "AP75": eres.get("AP75"),
         "predictions": int(keep.sum()), "mean_iou": round(float(iou[keep].mean()), 4) if keep.any() else None,
@@ -175,7 +211,7 @@ def summarise(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
+def plot(rows: list[dict], runs: list[dict], path: Path, dataset: str = "SynthDrive") -> Path:
     from activedet.plots import save_png, subplots
 
     fig, (ax, ax2) = subplots(1, 2, figsize=(11, 3.8))
@@ -183,7 +219,8 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
     for off, metric in ((-0.27, "AP"), (0.0, "AP50"), (0.27, "AP75")):
         ax.bar(x + off, [r[metric] for r in rows], 0.27, yerr=[r[f"{metric}_std"] for r in rows], capsize=3, label=metric)
     ax.set_xticks(x, [r["head"] for r in rows])
-    ax.set_title(f"{rows[0].get('preset', 'tiny')} teacher on SynthDrive val ({rows[0]['iterations']} it, mean +- std over seeds)")
+    ax.set_title(f"{rows[0].get('preset', 'tiny')} teacher, {dataset} val ({rows[0]['iterations']} it, mean +- std over seeds)",
+                 fontsize=9)
     ax.legend()
     for r in runs:
         if r.get("scatter") and r["seed"] == min(q["seed"] for q in runs):
@@ -194,6 +231,16 @@ def plot(rows: list[dict], runs: list[dict], path: Path) -> Path:
     ax2.set_title("localization quality vs true IoU (first seed)")
     ax2.legend(fontsize=8)
     return save_png(fig, path)
+
+
+def paired_difference(runs: list[dict], head: str, metric: str) -> str:
+    """``head`` minus ``standard`` on ``metric``, paired by seed: mean [95 % bootstrap interval] and verdict."""
+    from activedet.al.budget import paired_bootstrap, verdict
+
+    by = {(r["head"], r["seed"]): r[metric] for r in runs if r.get(metric) is not None}
+    seeds = sorted(sd for h, sd in by if h == head and ("standard", sd) in by)
+    mean, lo, hi = paired_bootstrap([by[(head, sd)] - by[("standard", sd)] for sd in seeds])
+    return f"{mean:+.3f} [{lo:+.3f}, {hi:+.3f}] {verdict(lo, hi, len(seeds))}"
 
 
 def render(payload: dict) -> str:
@@ -210,7 +257,7 @@ def render(payload: dict) -> str:
     lines = [
         f"Certainty-aware vs standard box head: preset {s.get('preset', 'tiny')} "
         + ("from scratch" if s.get("backbone_weights", "none") == "none" else f"with {s['backbone_weights']} backbone weights")
-        + f" on SynthDrive {s['sequences']}x{s['frames']} "
+        + f" on {dataset_label(s)} "
         f"(val split), {s['iterations']} iterations, batch {s['batch_size']}, lr {s['lr']}, seeds {payload['seeds']}; "
         f"correlations over val predictions with score >= {s['corr_min_score']}; machine load average "
         f"{payload['loadavg_range'][0]}-{payload['loadavg_range'][1]}. Command: `{payload['command']}`. "
@@ -225,16 +272,14 @@ def render(payload: dict) -> str:
     for r in rows:
         if base is None or r is base:
             continue
-        diffs = []
-        for k in ("AP", "AP50", "AP75"):
-            d = r[k] - base[k]
-            clear = abs(d) > r[f"{k}_std"] + base[f"{k}_std"]
-            diffs.append(f"{k} {d:+.3f}" + ("" if clear else " (within one std)"))
+        diffs = [f"{k} {paired_difference(payload['runs'], r['head'], k)}" for k in ("AP", "AP50", "AP75")]
         v, sc = r["corr_v_iou"], r["corr_score_iou"]
         signal = "" if v is None else (f"; Pearson(v, IoU) {v:.2f} vs Pearson(score, IoU) {sc:.2f}: v is "
                                        + ("the stronger" if v > sc else "the weaker") + " signal of box quality here")
-        lines.append(f"- {r['head']} vs standard: " + ", ".join(diffs) + signal + ".")
-    lines += ["", "Not measured here: traffic-cams; schedules longer than the iterations above (Li et al. train "
+        lines.append(f"- {r['head']} vs standard, mean paired difference over seeds [95 % bootstrap interval]: "
+                     + ", ".join(diffs) + signal + ".")
+    other = "" if s.get("dataset", "synthdrive") == "traffic-cams" else "traffic-cams (`--dataset traffic-cams`); "
+    lines += ["", f"Not measured here: {other}schedules longer than the iterations above (Li et al. train "
               "teachers for 6k-180k iterations). The SSL student with `dynamic` on the head's v vs v = 1: "
               "`ssl_student.py --filters dynamic dynamic@v1` (results `ssl_student_certainty_v.json`)."]
     return "\n".join(lines) + "\n"
@@ -277,6 +322,9 @@ def main(argv=None) -> None:
     p.add_argument("--sequences", type=int, default=40)
     p.add_argument("--frames", type=int, default=10)
     p.add_argument("--corr-min-score", type=float, default=0.3)
+    p.add_argument("--dataset", choices=("synthdrive", "traffic-cams"), default="synthdrive")
+    p.add_argument("--crop-size", type=int, nargs=2, default=None, metavar=("H", "W"),
+                   help="train on random H x W full-resolution crops (adds preset option native_scale)")
     p.add_argument("--render", action="store_true", help="only rebuild the tables and plot from finished runs")
     p.add_argument("--no-readme", action="store_true", help="do not rewrite the benchmarks/README.md block")
     p.add_argument("--name", default="certainty_head", help="results file name (other than the default: no README block)")
@@ -285,11 +333,10 @@ def main(argv=None) -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     runs = []
     if args.render:
-        tag = "" if args.preset == "tiny" and args.backbone_weights == "none" else f"-{args.preset}-{args.backbone_weights}"
-        for f in sorted((args.work / "runs").glob(f"*-it{args.iterations}{tag}.json")):
+        for f in sorted((args.work / "runs").glob(f"*-it{args.iterations}{run_tag(args)}.json")):
             runs.append(json.loads(f.read_text()))
     else:
-        uri = prepare_synthdrive(args.work, args.sequences, args.frames)
+        uri = prepare_dataset(args)
         for seed in args.seeds:
             for head in args.heads:
                 progress(f"{head} seed {seed}")
@@ -301,7 +348,7 @@ def main(argv=None) -> None:
     payload = build_payload(runs, args, started)
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(args.name, payload, payload["runs"], args.out)
-    plot(payload["summary"], payload["scatter"], args.out / f"{args.name}.png")
+    plot(payload["summary"], payload["scatter"], args.out / f"{args.name}.png", dataset_label(payload["settings"]))
     md = render(payload).replace("benchmarks/results/certainty_head.json", f"benchmarks/results/{args.name}.json")
     (args.out / f"{args.name}.md").write_text(md)
     if args.out.resolve() == RESULTS_DIR.resolve() and args.name == "certainty_head" and not args.no_readme:
