@@ -100,8 +100,11 @@ def _le_plain(le: dict) -> str:
     for check in le.get("auto_check") or []:
         picks = sorted(chose.get(check["pool"], {"?"}))
         picked = f"{picks[0]} in every cycle and seed" if len(picks) == 1 else "among " + " / ".join(picks)
-        parts.append(f"`auto` on {check['pool']} chose {picked}; best fixed strategy by AUC@B "
-                     f"{check['best_fixed']}; auto's mean within its interval: {check['auto_within_best']}.")
+        within = check["auto_within_best"]
+        reading = {True: "not shown worse", False: "worse"}.get(within, within) if isinstance(within, bool) else within
+        gap = _interval(check["auto_minus_best"], check["low"], check["high"])
+        parts.append(f"`auto` on {check['pool']} chose {picked}; best fixed strategy by AUC@B {check['best_fixed']}; "
+                     f"AUC@B of auto - best, paired by seed: {gap} ({reading}).")
     return " ".join(parts)
 
 
