@@ -390,6 +390,8 @@ def comparisons(records: list[dict], pools: list[str], strategies: list[str]) ->
                 continue
             curves = curves_by_seed(records, pool, strategy)
             seeds = sorted(set(curves) & set(base))
+            if not seeds:  # not run on this pool (strategies may be added to one pool only)
+                continue
             for metric in METRICS:
                 diffs: dict[str, list[float]] = {"auc": [], "final": [], "labels_saved": []}
                 for s in seeds:
@@ -444,7 +446,7 @@ def best_fixed_check(rows: list[dict], pools: list[str], records: list[dict]) ->
         auc = {r["strategy"]: r for r in rows if r["pool"] == pool and r["metric"] == "AP50" and r["quantity"] == "auc"}
         if "auto" not in auc:
             continue
-        fixed = {s: r for s, r in auc.items() if s != "auto"}
+        fixed = {s: r for s, r in auc.items() if s != "auto" and r["mean"] == r["mean"]}  # NaN: no pairs
         fixed["random"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "strategy": "random"}
         best = max(fixed.values(), key=lambda r: r["mean"])
         mine, theirs = curves_by_seed(records, pool, "auto"), curves_by_seed(records, pool, best["strategy"])

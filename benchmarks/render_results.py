@@ -64,7 +64,9 @@ def _le_settings(le: dict) -> str:
     pools = ", ".join(f"`{p}` ({described.get(p, p)})" for p in s["pools"])
     return (
         f"Pools {pools}; AP50 x100 on each pool's held-out set; I = {s['initial_pct']:g} % and B = {s['budget_pct']:g} % of the pool, {s['cycles']} cycles, "
-        f"seeds {s['seeds']}, `{s['preset']}`{weights} on CPU, {s['teacher_iters']} teacher iterations from scratch every cycle. "
+        f"seeds {s['seeds']}, `{s['preset']}`{weights} on CPU, {s['teacher_iters']} teacher iterations from scratch every cycle; "
+        f"X+ssl adds the offline student ({s['student_iters']} iterations from that cycle's teacher on `{s['pl_filter']}` "
+        f"pseudo-labels {s['pl_params']}), which then is the cycle's model: evaluated and scoring the pool. "
         "Every stage runs the config its `from_experiment` builds from the experiment (the product's defaults), in-process."
     )
 

@@ -190,3 +190,19 @@ def test_label_efficiency_skips_recorded_strategies_and_refuses_foreign_records(
         le.imported_payload(committed, args)
     committed.write_text(json.dumps({"settings": le.settings_of(args), "records": recs, "command": "x"}))
     assert le.imported_payload(committed, args)["records"] == recs
+
+
+def test_label_efficiency_compares_only_what_ran_on_each_pool():
+    def curve(pool, strategy, seed, ap50):
+        return [{"pool": pool, "seed": seed, "strategy": strategy, "cycle": c, "labeled": 10 * (c + 1), "pct": 2.0 * (c + 1),
+                 "AP50": v, "AP": v / 2} for c, v in enumerate(ap50)]
+
+    records = []
+    for seed in range(5):
+        records += curve("a", "random", seed, [40, 42, 44]) + curve("a", "entropy", seed, [40, 45 + seed, 50])
+        records += curve("a", "auto", seed, [40, 42, 44]) + curve("b", "random", seed, [40, 41, 42])
+    rows = le.comparisons(records, ["a", "b"], ["random", "entropy", "auto"])
+    assert {(r["pool"], r["strategy"]) for r in rows} == {("a", "entropy"), ("a", "auto")}  # nothing ran on b but random
+    check = le.best_fixed_check(rows, ["a", "b"], records)
+    assert [c["pool"] for c in check] == ["a"] and check[0]["best_fixed"] == "entropy"
+    assert check[0]["auto_within_best"] is False and check[0]["high"] < 0  # auto = random, entropy better on every seed
