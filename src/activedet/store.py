@@ -738,6 +738,32 @@ def _staging_prefix(prefix: str) -> str:
     return f"{parent}/{staged}" if parent else staged
 
 
+#: local scratch folders of open writers: ``<tmp>/activedet-out-<pid>-<random>``
+SCRATCH_PREFIX = "activedet-out-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        return True
+    return True
+
+
+def remove_dead_scratch() -> list[Path]:
+    """Remove the local scratch folders of writers whose process is gone (killed with SIGKILL:
+    no ``finally`` ran); folders of live processes and anything not named like ours stay."""
+    removed = []
+    for folder in Path(tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX):].partition("-")[0]
+        if folder.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
+            removed.append(folder)
+    return removed
+
+
 def _stale_staging(prefix: str) -> list[str]:
     """Staging prefixes of earlier (killed) writers of ``prefix`` that carry our marker."""
     parent, _, name = str(prefix).rstrip("/").rpartition("/")
@@ -803,7 +829,8 @@ class OutputWriter:
         write_json(join(self._staging, WRITING_MARKER), {"writer": "activedet", "output": self.prefix, "pid": os.getpid()})
         if self.resumable and not is_committed(self.prefix):
             write_json(join(self.prefix, WRITING_MARKER), {"writer": "activedet", "resumable": True})
-        self._tmp = Path(tempfile.mkdtemp(prefix="activedet-out-"))
+        remove_dead_scratch()
+        self._tmp = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
         self._open = True
         return self
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import textwrap
@@ -203,3 +204,26 @@ def test_killed_writer_process_leaves_previous_output_and_rerun_cleans_up(base):
     _write_output(prefix)  # re-running the stage works and removes the stale staging
     assert not any(".out.staging-" in u for u in store.list_uris(parent))
     assert store.read_output_table(prefix, "boxes.parquet").equals(TABLE)
+
+
+def test_scratch_of_a_killed_writer_is_removed_by_the_next_one(tmp_path, monkeypatch):
+    import subprocess
+    import sys
+    import tempfile
+
+    from activedet import store
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    killed = scratch / f"{store.SCRATCH_PREFIX}{int(dead.stdout)}-abc123"  # a SIGKILLed writer's: no finally ran
+    (killed / "sub").mkdir(parents=True)
+    live = scratch / f"{store.SCRATCH_PREFIX}{os.getpid()}-live"  # another writer of this (live) process
+    live.mkdir()
+    foreign = scratch / "activedet-out-notapid-x"
+    foreign.mkdir()
+    with store.OutputWriter(str(tmp_path / "out")) as out:
+        out.write_json("a.json", {"x": 1})
+        assert not killed.exists() and live.exists() and foreign.exists()
+    assert [p.name for p in scratch.iterdir() if p.name.startswith(f"{store.SCRATCH_PREFIX}{os.getpid()}-")] == [live.name]
