@@ -246,7 +246,8 @@ def ssl_pretrained_sections() -> list[str]:
 
 #: certainty-head runs (issue 16): results file -> section title
 CERTAINTY = {"certainty_head": "Certainty-aware box head (tiny from scratch)",
-             "certainty_head_lite0": "Certainty-aware box head (pretrained lite0_fpn)"}
+             "certainty_head_lite0": "Certainty-aware box head (pretrained lite0_fpn)",
+             "certainty_head_traffic_cams": "Certainty-aware box head (pretrained lite0_fpn, traffic-cams on full-resolution crops)"}
 
 
 def certainty_sections() -> list[str]:

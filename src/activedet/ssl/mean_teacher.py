@@ -870,9 +870,9 @@ def train_mean_teacher(config) -> dict | None:
     from activedet.data.dataset import load_dataset
     from activedet.models import distributed
     from activedet.models.checkpoint import load_detector
-    from activedet.models.presets import check_crop
     from activedet.models.data import DetectionDataset
     from activedet.models.predict import resolve_device
+    from activedet.models.presets import check_crop
     from activedet.models.train import data_digest, seed_everything, train_and_commit
     from activedet.ssl.pseudo_labels import split_sets
     from activedet.ssl.student import balanced_batches
