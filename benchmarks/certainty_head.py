@@ -348,7 +348,9 @@ def main(argv=None) -> None:
     payload = build_payload(runs, args, started)
     args.out.mkdir(parents=True, exist_ok=True)
     write_results(args.name, payload, payload["runs"], args.out)
-    plot(payload["summary"], payload["scatter"], args.out / f"{args.name}.png", dataset_label(payload["settings"]))
+    short = "traffic-cams" + (f", {args.crop_size[0]}x{args.crop_size[1]} crops" if args.crop_size else "") \
+        if args.dataset == "traffic-cams" else "SynthDrive"
+    plot(payload["summary"], payload["scatter"], args.out / f"{args.name}.png", short)
     md = render(payload).replace("benchmarks/results/certainty_head.json", f"benchmarks/results/{args.name}.json")
     (args.out / f"{args.name}.md").write_text(md)
     if args.out.resolve() == RESULTS_DIR.resolve() and args.name == "certainty_head" and not args.no_readme:
