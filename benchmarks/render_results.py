@@ -55,12 +55,19 @@ def _table(headers: list[str], rows: list[list]) -> str:
 QUANTITIES = (("auc", "AUC@B of AP50"), ("final", "AP50@B"), ("labels_saved", "labels saved at random's final AP50"))
 
 
+def _pool_training(pool: str) -> str:
+    from label_efficiency import POOL_TRAINING
+
+    crop = POOL_TRAINING.get(pool, {}).get("crop_size")
+    return f"; trained on {crop[0]}x{crop[1]} full-resolution crops, native-scale inference" if crop else ""
+
+
 def _le_settings(le: dict) -> str:
     s = le["settings"]
     weights = "" if s["backbone_weights"] == "none" else f" from {s['backbone_weights']} weights"
     described = {"synth-redundant": f"SynthDrive, {s['pool']} frames in sequences of {s['frames']} near-duplicates",
                  "synth-diverse": f"SynthDrive, {s['pool']} independent frames",
-                 "traffic-cams": "the real traffic-camera frames, split by scene"}
+                 "traffic-cams": "the real traffic-camera frames, split by scene" + _pool_training("traffic-cams")}
     pools = ", ".join(f"`{p}` ({described.get(p, p)})" for p in s["pools"])
     return (
         f"Pools {pools}; AP50 x100 on each pool's held-out set; I = {s['initial_pct']:g} % and B = {s['budget_pct']:g} % of the pool, {s['cycles']} cycles, "
