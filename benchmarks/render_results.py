@@ -22,6 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from activedet.al.budget import MIN_PAIRS, paired_bootstrap, verdict  # noqa: E402
 from common import RESULTS_DIR  # noqa: E402
+from ssl_student import command_line  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 README = ROOT / "README.md"
@@ -177,7 +178,7 @@ def ssl_section(ssl: dict | None) -> str:
             for r in ssl["summary"]]
     return "\n".join([
         "### SSL student", "",
-        f"`benchmarks/ssl_student.py`: {s['labeled']} labeled SynthDrive images, seeds {s['seeds']}, teacher "
+        f"`{command_line(s)}`: {s['labeled']} labeled SynthDrive images, seeds {s['seeds']}, teacher "
         f"{s['teacher_iters']} iterations, students {s['student_iters']}; COCO AP x100 (mean +- std over seeds):", "",
         _table(["model", "AP", "AP50", "AP - teacher", "seeds better than teacher", "pseudo boxes", "pseudo precision"], rows), ""])
 
@@ -195,12 +196,11 @@ def ssl_modes_section(ssl: dict | None, title: str = "SSL student: offline vs me
     weights = "" if s.get("backbone_weights", "none") == "none" else f", backbone {s['backbone_weights']}"
     if s.get("preset_options") not in (None, "{}"):
         weights += f", preset options {s['preset_options']}"
-    flags = "".join(f" --{k.replace('_', '-')} {s[k]}" for k in ("dataset", "labeled_pct", "preset") if s.get(k) is not None)
     if dataset == "SynthDrive":
         dataset += f" ({s['sequences']} sequences x 5 frames)"
     return "\n".join([
         f"### {title}", "",
-        f"`benchmarks/ssl_student.py{flags} --modes {' '.join(s['modes'])} --filters {' '.join(s['filters'])}`: "
+        f"`{command_line(s)}`: "
         f"{dataset}, {labeled}, preset {s.get('preset', 'tiny')}{weights}, seeds {s['seeds']}, teacher "
         f"{s['teacher_iters']} iterations, every student and the control {s['student_iters']}; COCO AP x100 on the held-out "
         "split(s); AP - control = mean paired difference to the teacher trained as long on labeled images only, 95 % "
@@ -244,7 +244,9 @@ def _unlearned_teachers(ssl: dict) -> str:
 #: pretrained-preset SSL runs (issue 15): results file -> section title
 SSL_PRETRAINED = {"ssl_student_lite0_5pct": "SSL student, pretrained lite0_fpn, 5 % labeled",
                   "ssl_student_lite0_10pct": "SSL student, pretrained lite0_fpn, 10 % labeled",
-                  "ssl_student_certainty_v": "SSL student with the certainty head: dynamic with real v vs v = 1"}
+                  "ssl_student_certainty_v": "SSL student with the certainty head: dynamic with real v vs v = 1",
+                  "ssl_student_traffic_cams_5pct": "SSL student on traffic-cams (real frames), 5 % labeled",
+                  "ssl_student_traffic_cams_10pct": "SSL student on traffic-cams (real frames), 10 % labeled"}
 
 
 def ssl_pretrained_sections() -> list[str]:

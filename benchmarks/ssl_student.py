@@ -342,7 +342,8 @@ def combine(paths: list[Path], out: Path | None, name: str = "ssl_student") -> N
     progress(f"combined {len(paths)} runs -> {jpath}")
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
+    """The benchmark's command line (also used to render a results file's command back)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--sequences", type=int, default=40, help="SynthDrive sequences (5 frames each)")
@@ -371,6 +372,39 @@ def main() -> None:
     ap.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     ap.add_argument("--combine", type=Path, nargs="+", default=None,
                     help="merge the ssl_student.json of runs made with one seed each (run in parallel) and report")
+    return ap
+
+
+#: settings that say where a run wrote, not what it measured: left out of the rendered command
+_PLACE_ONLY = ("work", "out", "combine", "name", "checkpoint_every")
+
+
+def command_line(settings: dict) -> str:
+    """The command that reproduces a results file's measurements: every setting that differs from the default.
+
+    Args:
+        settings: the ``settings`` of a results file (one run's arguments, or a combined file's).
+
+    Returns:
+        ``benchmarks/ssl_student.py --flag value ...`` (shell-quoted where needed).
+    """
+    import shlex
+
+    ap = build_parser()
+    defaults = vars(ap.parse_args([]))
+    parts = ["benchmarks/ssl_student.py"]
+    for action in ap._actions:
+        key = action.dest
+        if key in _PLACE_ONLY or key == "help" or key not in settings or settings[key] == defaults.get(key):
+            continue
+        value = settings[key]
+        values = value if isinstance(value, list) else [value]
+        parts += [action.option_strings[-1], *(shlex.quote(str(v)) for v in values)]
+    return " ".join(parts)
+
+
+def main() -> None:
+    ap = build_parser()
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.combine:

@@ -29,3 +29,16 @@ def test_ssl_student_benchmark_runs_both_modes_and_resumes(tmp_path, monkeypatch
     again = json.loads((tmp_path / "out" / "smoke.json").read_text())
     assert again["rows"] == first["rows"]
     assert (tmp_path / "work" / "s0" / "student-mean_teacher" / "meta.json").stat().st_mtime_ns == stamp
+
+
+def test_command_line_reproduces_the_settings_it_was_rendered_from():
+    argv = ["--seeds", "0", "3", "--dataset", "traffic-cams", "--labeled-pct", "5.0", "--preset", "lite0_fpn",
+            "--preset-options", '{"native_scale": true}', "--crop-size", "128", "256", "--filters", "act", "dynamic",
+            "--work", "/tmp/somewhere"]
+    settings = vars(ssl_student.build_parser().parse_args(argv))
+    line = ssl_student.command_line(settings)
+    assert "--work" not in line  # where a run wrote is not part of what it measured
+    import shlex
+
+    again = vars(ssl_student.build_parser().parse_args(shlex.split(line)[1:]))
+    assert {k: v for k, v in again.items() if k != "work"} == {k: v for k, v in settings.items() if k != "work"}
