@@ -191,7 +191,7 @@ def ssl_modes_section(ssl: dict | None, title: str = "SSL student: offline vs me
     rows = [[r["model"], r["AP"], r["AP50"], r.get("AP - control [95% CI]", ""), r.get("vs control", ""), r["pseudo precision"],
              r.get("pseudo recall", "")] for r in ssl["summary"]]
     dataset = {"synthdrive": "SynthDrive",  # ssl_student.make_dataset: traffic-cams split by scene, 30 % held out
-               "traffic-cams": "traffic-cams (real frames, split by scene: 30 % of the frames held out for evaluation)"
+               "traffic-cams": "traffic-cams (real frames, split by whole scenes: about 30 % of the frames held out for evaluation)"
                }[s.get("dataset", "synthdrive")]
     share = s.get("labeled_pct")
     labeled = f"{share:g} % of the train split labeled" if share is not None else f"{s['labeled']} labeled images"
