@@ -248,7 +248,9 @@ SSL_PRETRAINED = {"ssl_student_lite0_5pct": "SSL student, pretrained lite0_fpn, 
                   "ssl_student_lite0_10pct": "SSL student, pretrained lite0_fpn, 10 % labeled",
                   "ssl_student_certainty_v": "SSL student with the certainty head: dynamic with real v vs v = 1",
                   "ssl_student_traffic_cams_5pct": "SSL student on traffic-cams (real frames), 5 % labeled",
-                  "ssl_student_traffic_cams_10pct": "SSL student on traffic-cams (real frames), 10 % labeled"}
+                  "ssl_student_traffic_cams_10pct": "SSL student on traffic-cams (real frames), 10 % labeled",
+                  "ssl_student_certainty_v_traffic_cams":
+                      "SSL student with the certainty head on traffic-cams (real frames): dynamic with real v vs v = 1"}
 
 
 def ssl_pretrained_sections() -> list[str]:

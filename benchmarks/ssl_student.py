@@ -326,16 +326,45 @@ def _title(settings: dict) -> str:
     return f"{settings.get('dataset', 'synthdrive')}, {settings.get('preset', 'tiny')}, {labeled}"
 
 
+def _union(lists) -> list:
+    return list(dict.fromkeys(x for values in lists for x in values))
+
+
+def merge_rows(runs: list[dict], *, tolerance: float = 1e-6) -> list[dict]:
+    """The rows of several results files, one per (seed, model), in first-seen order.
+
+    A later run may add students to seeds an earlier run already has (e.g. more ``--filters``):
+    it retrains that seed's teacher and control, which are deterministic on one CPU thread, so the
+    repeated rows must agree; if they do not, the new students were trained from a different
+    teacher and pairing them with the earlier control would be wrong, so this refuses.
+    """
+    merged: dict[tuple[int, str], dict] = {}
+    for run in runs:
+        for row in run["rows"]:
+            key = (row["seed"], row["model"])
+            if key in merged:
+                before = merged[key]
+                if any(abs(before[m] - row[m]) > tolerance for m in ("AP", "AP50")):
+                    raise SystemExit(f"combine: seed {row['seed']} {row['model']!r} differs between runs "
+                                     f"(AP {before['AP']:.4f} vs {row['AP']:.4f}); not pairing students with another run's control")
+                continue
+            merged[key] = row
+    return list(merged.values())
+
+
 def combine(paths: list[Path], out: Path | None, name: str = "ssl_student") -> None:
     """Merge per-seed result files into one table, JSON, CSV and plot (``<out>/<name>.*``)."""
     import json
 
     runs = [json.loads(Path(p).read_text()) for p in paths]
-    rows = [r for run in runs for r in run["rows"]]
+    rows = merge_rows(runs)
     summary = summarise(rows)
     print(format_table(summary, COLUMNS))
-    settings = {**runs[0]["settings"], "seeds": sorted({r["seed"] for r in rows}), "combine": [str(p) for p in paths], "name": name}
-    payload = {"settings": settings, "filter_params": runs[0]["filter_params"], "rows": rows, "summary": summary,
+    settings = {**runs[0]["settings"], "seeds": sorted({r["seed"] for r in rows}), "combine": [str(p) for p in paths], "name": name,
+                "filters": _union(run["settings"].get("filters", []) for run in runs),
+                "modes": _union(run["settings"].get("modes", ["offline"]) for run in runs)}
+    filter_params = {k: v for run in runs for k, v in run["filter_params"].items()}
+    payload = {"settings": settings, "filter_params": filter_params, "rows": rows, "summary": summary,
                "seconds": [run["seconds"] for run in runs], "machine": runs[0]["machine"]}
     jpath, _ = write_results(name, payload, rows, out)
     plot(rows, jpath.with_suffix(".png"), _title(settings))

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCH = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
@@ -42,3 +44,21 @@ def test_command_line_reproduces_the_settings_it_was_rendered_from():
 
     again = vars(ssl_student.build_parser().parse_args(shlex.split(line)[1:]))
     assert {k: v for k, v in again.items() if k != "work"} == {k: v for k, v in settings.items() if k != "work"}
+
+
+def _row(seed, model, ap):
+    return {"seed": seed, "model": model, "AP": ap, "AP50": 2 * ap, "pseudo_boxes": None, "precision": None, "recall": None}
+
+
+def test_combine_merges_added_filters_once_per_seed_and_model():
+    first = {"rows": [_row(0, "teacher", 1.0), _row(0, "control (labeled only)", 1.5), _row(0, "student act", 1.2)]}
+    more = {"rows": [_row(0, "teacher", 1.0), _row(0, "control (labeled only)", 1.5), _row(0, "student fixed", 1.7)]}
+    rows = ssl_student.merge_rows([first, more])
+    assert [r["model"] for r in rows] == ["teacher", "control (labeled only)", "student act", "student fixed"]
+
+
+def test_combine_refuses_to_pair_students_with_a_different_control():
+    first = {"rows": [_row(0, "teacher", 1.0), _row(0, "control (labeled only)", 1.5)]}
+    other = {"rows": [_row(0, "teacher", 1.0), _row(0, "control (labeled only)", 1.9), _row(0, "student fixed", 1.7)]}
+    with pytest.raises(SystemExit, match="control"):
+        ssl_student.merge_rows([first, other])
