@@ -279,8 +279,7 @@ def render(payload: dict) -> str:
         lines.append(f"- {r['head']} vs standard, mean paired difference over seeds [95 % bootstrap interval]: "
                      + ", ".join(diffs) + signal + ".")
     lines += ["", "Not measured here: schedules longer than the iterations above (Li et al. train "
-              "teachers for 6k-180k iterations). The other dataset: `--dataset synthdrive` / `traffic-cams`. "
-              "The SSL student with `dynamic` on the head's v vs v = 1: `ssl_student.py --filters dynamic dynamic@v1` "
+              "teachers for 6k-180k iterations). The SSL student with `dynamic` on the head's v vs v = 1: `ssl_student.py --filters dynamic dynamic@v1` "
               "(results `ssl_student_certainty_v.json` on SynthDrive, `ssl_student_certainty_v_traffic_cams.json` "
               "on traffic-cams)."]
     return "\n".join(lines) + "\n"

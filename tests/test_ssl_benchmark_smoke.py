@@ -62,3 +62,22 @@ def test_combine_refuses_to_pair_students_with_a_different_control():
     other = {"rows": [_row(0, "teacher", 1.0), _row(0, "control (labeled only)", 1.9), _row(0, "student fixed", 1.7)]}
     with pytest.raises(SystemExit, match="control"):
         ssl_student.merge_rows([first, other])
+
+
+def test_combined_file_names_every_filter_and_mode_so_its_command_reproduces_it(tmp_path):
+    def run(filters, modes, rows):
+        path = tmp_path / f"{filters[0]}.json"
+        settings = {"seeds": [0], "dataset": "synthdrive", "filters": filters, "modes": modes}
+        path.write_text(json.dumps({"settings": settings, "filter_params": {f: {} for f in filters}, "rows": rows,
+                                    "seconds": 1.0, "machine": {}}))
+        return path
+
+    base = [_row(0, "teacher", 1.0), _row(0, "control (labeled only)", 1.5)]
+    first = run(["act"], ["offline", "mean_teacher"], [*base, _row(0, "student act", 1.2)])
+    more = run(["fixed"], ["offline"], [*base, _row(0, "student fixed", 1.7)])
+    ssl_student.combine([first, more], tmp_path / "out", "merged")
+    merged = json.loads((tmp_path / "out" / "merged.json").read_text())
+    assert merged["settings"]["filters"] == ["act", "fixed"]
+    assert merged["settings"]["modes"] == ["offline", "mean_teacher"]
+    assert set(merged["filter_params"]) == {"act", "fixed"}
+    assert "--filters act fixed" in ssl_student.command_line(merged["settings"])
