@@ -84,7 +84,12 @@ STRATEGIES: dict[str, dict] = {
     "coreset+ssl": {"acquisition": {"score": "embedding", "strategy": "coreset"}, "ssl": {"enabled": True}},
     "unified+ssl": {"acquisition": {"score": "entropy", "strategy": "unified"}, "ssl": {"enabled": True}},
     "auto": {"acquisition": {"score": "entropy", "strategy": "auto"}, "ssl": {"enabled": False}},
+    # auto with Mittal et al.'s Table 6 cells as printed (the product's defaults before they were measured)
+    "auto-table6": {"acquisition": {"score": "entropy", "strategy": "auto", "strategy_params": {
+        "auto_redundant_strategy": "coreset", "auto_low_budget_pct": 5.0}}, "ssl": {"enabled": False}},
 }
+#: arms that choose a strategy per cycle: compared with the best fixed strategy, never counted as one
+AUTO_ARMS = tuple(name for name, sections in STRATEGIES.items() if sections["acquisition"]["strategy"] == "auto")
 BASELINE = "random"
 #: run root of the layout the stage configs are built for; never written: outputs are content-addressed
 VIRTUAL_ROOT = "s3://activedet-virtual/run"
@@ -318,19 +323,21 @@ class Job:
             layout = RunLayout(VIRTUAL_ROOT, exp)
             for cycle in range(exp.cycles):
                 ev: dict = {}
-                choice = None
+                choice = share = None
                 for stage, upstream in plan.cycle_stages(exp, cycle):
                     result = self.run_stage(stage, exp, cycle, resolved, **upstream)
                     if stage == "evaluate":
                         ev = result
                     if stage == "select-batch":
-                        choice = (result.get("info") or {}).get("auto.choice")
+                        info = result.get("info") or {}
+                        choice, share = info.get("auto.choice"), info.get("auto.near_duplicate_share")
                 table, _ = ledger_mod.read_ledger(resolved[layout.ledger(cycle)])
                 labeled = len(ledger_mod.ids_in_state(table, "labeled"))
                 rec = {"pool": self.pool, "seed": self.seed, "strategy": strategy, "cycle": cycle, "labeled": labeled,
                        "pct": 100.0 * labeled / pool_size, **{m: 100.0 * (ev.get(m) or 0.0) for m in METRICS}}
                 if choice:
                     rec["auto_choice"] = choice
+                    rec["auto_near_duplicate_share"] = share
                 records.append(rec)
                 progress(f"{self.pool} seed {self.seed}: {strategy:13s} cycle {cycle}: {labeled:4d} labels "
                          f"AP50 {rec['AP50']:5.1f} AP {rec['AP']:5.1f}" + (f" (auto chose {choice})" if choice else ""))
@@ -444,19 +451,20 @@ def best_fixed_check(rows: list[dict], pools: list[str], records: list[dict]) ->
     out = []
     for pool in pools:
         auc = {r["strategy"]: r for r in rows if r["pool"] == pool and r["metric"] == "AP50" and r["quantity"] == "auc"}
-        if "auto" not in auc:
-            continue
-        fixed = {s: r for s, r in auc.items() if s != "auto" and r["mean"] == r["mean"]}  # NaN: no pairs
+        fixed = {s: r for s, r in auc.items() if s not in AUTO_ARMS and r["mean"] == r["mean"]}  # NaN: no pairs
         fixed["random"] = {"mean": 0.0, "low": 0.0, "high": 0.0, "strategy": "random"}
         best = max(fixed.values(), key=lambda r: r["mean"])
-        mine, theirs = curves_by_seed(records, pool, "auto"), curves_by_seed(records, pool, best["strategy"])
-        seeds = sorted(set(mine) & set(theirs))
-        diffs = [per_seed_figures(mine[s], None, "AP50")["auc"] - per_seed_figures(theirs[s], None, "AP50")["auc"] for s in seeds]
-        mean, lo, hi = paired_bootstrap(diffs, seed=int(_key(pool, "auto-vs-best"), 16) % 2**31)
-        enough = len(seeds) >= 5
-        out.append({"pool": pool, "best_fixed": best["strategy"], "best_mean": round(best["mean"], 3),
-                    "auto_minus_best": round(mean, 3), "low": round(lo, 3), "high": round(hi, 3), "seeds": len(seeds),
-                    "auto_within_best": (hi >= 0) if enough else f"too few seeds ({len(seeds)})"})
+        for arm in (a for a in AUTO_ARMS if a in auc):
+            mine, theirs = curves_by_seed(records, pool, arm), curves_by_seed(records, pool, best["strategy"])
+            seeds = sorted(set(mine) & set(theirs))
+            diffs = [per_seed_figures(mine[s], None, "AP50")["auc"] - per_seed_figures(theirs[s], None, "AP50")["auc"]
+                     for s in seeds]
+            key = "auto-vs-best" if arm == "auto" else f"{arm}-vs-best"
+            mean, lo, hi = paired_bootstrap(diffs, seed=int(_key(pool, key), 16) % 2**31)
+            enough = len(seeds) >= 5
+            out.append({"pool": pool, "arm": arm, "best_fixed": best["strategy"], "best_mean": round(best["mean"], 3),
+                        "auto_minus_best": round(mean, 3), "low": round(lo, 3), "high": round(hi, 3), "seeds": len(seeds),
+                        "auto_within_best": (hi >= 0) if enough else f"too few seeds ({len(seeds)})"})
     return out
 
 

@@ -103,18 +103,19 @@ def _le_plain(le: dict) -> str:
     few = [r for r in rows if r["verdict"].startswith("too few")]
     parts.append(f"{len(few)} of {len(rows)} comparisons have fewer than {MIN_PAIRS} paired seeds and settle nothing."
                  if few else "Everything else is undecided.")
-    chose: dict[str, set] = {}
+    chose: dict[tuple[str, str], set] = {}
     for c in le["curves"]:
-        if c["strategy"] == "auto" and c.get("auto_choices"):
-            chose.setdefault(c["pool"], set()).update(c["auto_choices"].split(","))
+        if c.get("auto_choices"):
+            chose.setdefault((c["pool"], c["strategy"]), set()).update(c["auto_choices"].split(","))
     for check in le.get("auto_check") or []:
-        picks = sorted(chose.get(check["pool"], {"?"}))
+        arm = check.get("arm", "auto")
+        picks = sorted(chose.get((check["pool"], arm), {"?"}))
         picked = f"{picks[0]} in every cycle and seed" if len(picks) == 1 else "among " + " / ".join(picks)
         within = check["auto_within_best"]
         reading = {True: "not shown worse", False: "worse"}.get(within, within) if isinstance(within, bool) else within
         gap = _interval(check["auto_minus_best"], check["low"], check["high"])
-        parts.append(f"`auto` on {check['pool']} chose {picked}; best fixed strategy by AUC@B {check['best_fixed']}; "
-                     f"AUC@B of auto - best, paired by seed: {gap} ({reading}).")
+        parts.append(f"`{arm}` on {check['pool']} chose {picked}; best fixed strategy by AUC@B {check['best_fixed']}; "
+                     f"AUC@B of {arm} - best, paired by seed: {gap} ({reading}).")
     return " ".join(parts)
 
 

@@ -9,7 +9,8 @@ import pyarrow as pa
 import pytest
 
 from activedet.al.redundancy import measure_redundancy, nearest_neighbours
-from activedet.al.selection import SelectionInput, SelectionParams, auto_choice, select
+from activedet.al.selection import SelectionInput, SelectionParams, auto_choice, required_columns, select
+from activedet.stages import select_batch
 
 
 def _video_pool(sequences: int, frames: int, dim: int = 32, jitter: float = 0.01, seed: int = 0):
@@ -69,11 +70,27 @@ def test_measure_is_scale_free_and_samples_large_pools():
     assert sampled.measured == 100 and sampled.near_duplicate_share == 1.0  # queries sampled, neighbours from the whole pool
 
 
-def test_choice_follows_table_6():
-    params = SelectionParams()  # redundant at 0.5, low budget under 5 %
-    assert auto_choice(0.8, 1.0, params) == "coreset" and auto_choice(0.8, 40.0, params) == "coreset"
-    assert auto_choice(0.1, 2.0, params) == "random"
-    assert auto_choice(0.1, 20.0, params) == "topk"
+def test_choice_follows_the_table_6_axes_with_the_measured_defaults():
+    params = SelectionParams()  # redundant at 0.5; on a diverse pool, low budget under 1 %
+    assert auto_choice(0.8, 0.5, params) == "unified" and auto_choice(0.8, 40.0, params) == "unified"
+    assert auto_choice(0.1, 0.5, params) == "random" and auto_choice(0.1, 2.0, params) == "topk"
+    paper = SelectionParams(auto_redundant_strategy="coreset", auto_low_budget_pct=5.0)  # Table 6 as printed
+    assert auto_choice(0.8, 2.0, paper) == "coreset" and auto_choice(0.1, 2.0, paper) == "random"
+    assert auto_choice(0.1, 20.0, paper) == "topk"
+
+
+def test_auto_asks_score_unlabeled_for_every_column_its_candidates_read():
+    assert set(required_columns("auto", "entropy")) == {"entropy", "inconsistency", "embedding"}
+    mine = SelectionParams.from_strategy_params({"auto_redundant_strategy": "coreset", "prefilter_factor": 2.0})
+    assert set(required_columns("auto", "mc_dropout", mine)) == {"mc_dropout", "embedding"}
+    assert mine.prefilter_factor == 2.0
+
+
+def test_an_unknown_auto_choice_fails_at_config_time_listing_the_valid_ones():
+    with pytest.raises(ValueError, match="for auto to choose; valid: .*coreset") as err:
+        select_batch.Config(dataset_uri="d", ledger_uri="l", output_uri="o", budget=1, strategy="auto",
+                            auto_redundant_strategy="kcenter")
+    assert "auto," not in str(err.value).split("valid:")[1]
 
 
 def _input(emb, seq, labeled_share: float, budget: int = 5):
@@ -84,6 +101,7 @@ def _input(emb, seq, labeled_share: float, budget: int = 5):
     rng = np.random.default_rng(5)
     scores = pa.table({
         "image_id": ids, "entropy": pa.array(rng.random(len(ids)), pa.float64()),
+        "inconsistency": pa.array(rng.random(len(ids)), pa.float64()),
         "embedding": pa.FixedSizeListArray.from_arrays(pa.array(emb.reshape(-1)), emb.shape[1]),
     })
     images = pa.table({"image_id": ids, "sequence_id": seq, "frame_index": pa.array([0] * len(ids), pa.int32())})
@@ -91,7 +109,7 @@ def _input(emb, seq, labeled_share: float, budget: int = 5):
 
 
 @pytest.mark.parametrize(("pool", "labeled_share", "expected"), [
-    ("video", 0.02, "coreset"), ("diverse", 0.02, "random"), ("diverse", 0.2, "topk"),
+    ("video", 0.02, "unified"), ("diverse", 0.005, "random"), ("diverse", 0.02, "topk"),
 ])
 def test_auto_picks_what_the_chosen_strategy_picks_and_says_why(pool, labeled_share, expected):
     if pool == "video":
@@ -105,3 +123,25 @@ def test_auto_picks_what_the_chosen_strategy_picks_and_says_why(pool, labeled_sh
     assert picked.ids == select(expected, inp).ids
     assert 0.0 <= picked.info["auto.near_duplicate_share"] <= 1.0
     assert picked.info["auto.labeled_pct"] == pytest.approx(100.0 * len(inp.labeled) / 200)
+
+
+def _auto_experiment(**strategy_params):
+    from pathlib import Path
+
+    from activedet.pipeline.plan import load_experiment
+
+    data = load_experiment(Path(__file__).parents[2] / "configs" / "demo.yaml").model_dump(mode="json")
+    data["acquisition"].update(strategy="auto", score="entropy", strategy_params=strategy_params)
+    return load_experiment(data)
+
+
+def test_an_experiment_with_auto_scores_what_its_choices_read_and_rejects_unknown_choices():
+    from activedet.errors import ConfigError
+    from activedet.pipeline import plan
+
+    scoring = plan.stage_config("score-unlabeled", _auto_experiment(), "/tmp/run", 0)
+    assert {"entropy", "inconsistency", "embedding"} <= set(scoring.scores) and scoring.include_labeled
+    plain = plan.stage_config("score-unlabeled", _auto_experiment(auto_redundant_strategy="coreset"), "/tmp/run", 0)
+    assert "inconsistency" not in plain.scores
+    with pytest.raises(ConfigError, match="auto_diverse_strategy.*for auto to choose"):
+        _auto_experiment(auto_diverse_strategy="best")

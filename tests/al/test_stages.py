@@ -129,7 +129,7 @@ def test_scored_selection_strategies_end_to_end(al_dataset, tmp_path):
         assert len(ids) == 4 and not set(ids) & labeled, strategy
         if strategy == "auto":  # the measurement and the choice reach the result and selection.json
             meta = store.read_json(store.join(res.selection_uri, select_batch.SELECTION_META))
-            assert meta["auto.choice"] == res.info["auto.choice"] in ("coreset", "random", "topk")
+            assert meta["auto.choice"] == res.info["auto.choice"] in ("unified", "random", "topk")
             assert 0.0 <= meta["auto.near_duplicate_share"] <= 1.0
 
 

@@ -35,20 +35,24 @@ Strategies:
 ``class_balanced`` equal quotas per predicted class: classes (from ``pred_classes``) take turns,
                    rarest in the pool first, each taking its highest-``score`` image not yet
                    taken; when every class list is exhausted, the rest is filled by ``score``.
-``auto``           chooses per cycle as Mittal et al. Table 6 recommends, from the pool's measured
+``auto``           chooses per cycle along Mittal et al.'s Table 6 axes, from the pool's measured
                    redundancy (:mod:`activedet.al.redundancy`: share of images with a near-duplicate
-                   in embedding space, at the pool's own other-sequence distance scale) and the labeled share:
-                   ``coreset`` on a redundant pool (share >= ``auto_redundant_at``), else
-                   ``random`` while under ``auto_low_budget_pct`` % is labeled, else ``topk`` of
-                   ``score`` (single-sample uncertainty). The measurement and the choice are in
-                   :attr:`Picked.info` (select-batch logs them and writes them to selection.json).
+                   in embedding space, at the pool's own other-sequence distance scale) and the labeled
+                   share: ``auto_redundant_strategy`` (``unified``) on a redundant pool (share >=
+                   ``auto_redundant_at``); on a diverse one ``auto_low_budget_strategy``
+                   (``random``) while under ``auto_low_budget_pct`` % is labeled, else
+                   ``auto_diverse_strategy`` (``topk`` of ``score``: single-sample uncertainty).
+                   The defaults are the project's measurement, not the paper's (see docs/al.md).
+                   The measurement and the choice are in :attr:`Picked.info` (select-batch logs
+                   them and writes them to selection.json).
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -79,8 +83,22 @@ class SelectionParams:
     unified_factor: float = 2.0
     device: str = "auto"
     auto_redundant_at: float = 0.5
-    auto_low_budget_pct: float = 5.0
+    auto_low_budget_pct: float = 1.0
     auto_near_dup_ratio: float = 0.5
+    auto_redundant_strategy: str = "unified"
+    auto_diverse_strategy: str = "topk"
+    auto_low_budget_strategy: str = "random"
+
+    @classmethod
+    def from_strategy_params(cls, strategy_params: Mapping[str, Any], **overrides: Any) -> SelectionParams:
+        """The params an experiment's ``acquisition.strategy_params`` set (keys of other stages'
+        options ignored here: select-batch's config validates every key at load time)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in strategy_params.items() if k in known}, **overrides)
+
+    def auto_candidates(self) -> tuple[str, ...]:
+        """The strategies ``auto`` may run (what score-unlabeled must compute columns for)."""
+        return tuple(dict.fromkeys((self.auto_low_budget_strategy, self.auto_redundant_strategy, self.auto_diverse_strategy)))
 
 
 @dataclass(frozen=True)
@@ -313,10 +331,14 @@ def class_balanced_strategy(inp: SelectionInput) -> Picked:
 
 
 def auto_choice(redundancy: float, labeled_pct: float, params: SelectionParams) -> str:
-    """Mittal et al. Table 6: batch-based on redundant pools; on diverse ones random at low budget, else single-sample."""
+    """The strategy ``auto`` runs: the redundant-pool one when the near-duplicate share reaches
+    ``auto_redundant_at``; on a diverse pool the low-budget one under ``auto_low_budget_pct`` %
+    labeled, else the diverse-pool one (Mittal et al. Table 6's layout; each cell is configurable)."""
     if redundancy >= params.auto_redundant_at:
-        return "coreset"
-    return "random" if labeled_pct < params.auto_low_budget_pct else "topk"
+        return params.auto_redundant_strategy
+    if labeled_pct < params.auto_low_budget_pct:
+        return params.auto_low_budget_strategy
+    return params.auto_diverse_strategy
 
 
 @STRATEGIES.register("auto")
@@ -347,14 +369,18 @@ RANKS_BY_SCORE = frozenset({"topk", "uniform_topk", "prefilter_coreset", "class_
 NEEDS_EMBEDDINGS = frozenset({"coreset", "prefilter_coreset", "auto"})
 
 
-def required_columns(strategy: str, score: str) -> list[str]:
-    """Score columns ``strategy`` reads from the scores table (``score``: the configured one)."""
+def required_columns(strategy: str, score: str, params: SelectionParams | None = None) -> list[str]:
+    """Score columns ``strategy`` reads from the scores table (``score``: the configured one;
+    ``params``: for ``auto``, which strategies it may choose; None = the defaults)."""
     cols = [score] if strategy in RANKS_BY_SCORE else []
     if strategy == "unified":
         cols += ["entropy", "inconsistency"]
     if strategy in NEEDS_EMBEDDINGS:
         cols.append("embedding")
-    return cols
+    if strategy == "auto":
+        for candidate in (params or SelectionParams()).auto_candidates():
+            cols += required_columns(candidate, score)
+    return list(dict.fromkeys(cols))
 
 
 def select(strategy: str, inp: SelectionInput) -> Picked:

@@ -41,9 +41,10 @@ def selects_after(exp: ExperimentConfig, cycle: int) -> bool:
 
 def scores_needed(exp: ExperimentConfig) -> bool:
     """Whether the selection strategy reads a scores table (random and uniform do not)."""
-    from activedet.al.selection import required_columns
+    from activedet.al.selection import SelectionParams, required_columns
 
-    return bool(required_columns(exp.acquisition.strategy, exp.acquisition.score))
+    acq = exp.acquisition
+    return bool(required_columns(acq.strategy, acq.score, SelectionParams.from_strategy_params(acq.strategy_params)))
 
 
 def cycle_stages(exp: ExperimentConfig, cycle: int) -> list[tuple[str, dict[str, Any]]]:

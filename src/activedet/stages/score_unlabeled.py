@@ -30,7 +30,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 from activedet import schema, store
 from activedet.al import ledger as ledger_mod
 from activedet.al.scores import SCORES, AcquisitionScore, build_scorers
-from activedet.al.selection import NEEDS_EMBEDDINGS, required_columns
+from activedet.al.selection import NEEDS_EMBEDDINGS, SelectionParams, required_columns
 from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
 from activedet.models.types import ImagePrediction
@@ -119,7 +119,8 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, shard:
     valid = sorted(set(SCORES.names()) | {EMBEDDING, UNIFIED})
     if acq.score not in valid:
         raise ConfigError(f"acquisition.score: unknown acquisition score {acq.score!r}; valid: {', '.join(valid)}")
-    scores = list(dict.fromkeys(required_columns(acq.strategy, acq.score) or [acq.score]))
+    params = SelectionParams.from_strategy_params(acq.strategy_params)
+    scores = list(dict.fromkeys(required_columns(acq.strategy, acq.score, params) or [acq.score]))
     if "localization" in scores and exp.training.preset_options.get("box_head") != "certainty":
         raise ConfigError("acquisition.score: 'localization' needs training.preset_options.box_head: certainty "
                           "(the standard box head gives no localization quality)")

@@ -70,12 +70,19 @@ class Config(StageConfig):
     unified_factor: float = Field(2.0, ge=1.0, description="unified: keep the top factor * budget by entropy")
     device: str = Field("auto", description="core-set device: auto, cpu, cuda")
     auto_redundant_at: float = Field(
-        0.5, ge=0.0, le=1.0, description="auto: core-set when at least this share of images has a near-duplicate nearest neighbour"
+        SelectionParams.auto_redundant_at, ge=0.0, le=1.0,
+        description="auto: a pool is redundant when at least this share of images has a near-duplicate nearest neighbour",
     )
-    auto_low_budget_pct: float = Field(5.0, ge=0.0, le=100.0, description="auto, diverse pool: random while under this % is labeled")
+    auto_low_budget_pct: float = Field(
+        SelectionParams.auto_low_budget_pct, ge=0.0, le=100.0, description="auto: the low-budget strategy while under this % is labeled"
+    )
     auto_near_dup_ratio: float = Field(
-        0.5, gt=0.0, le=1.0, description="auto: near-duplicate when closer than this x the median distance to the nearest other-sequence image"
+        SelectionParams.auto_near_dup_ratio, gt=0.0, le=1.0,
+        description="auto: near-duplicate when closer than this x the median distance to the nearest other-sequence image",
     )
+    auto_redundant_strategy: str = Field(SelectionParams.auto_redundant_strategy, description="auto: the strategy on a redundant pool")
+    auto_diverse_strategy: str = Field(SelectionParams.auto_diverse_strategy, description="auto: the strategy on a diverse pool")
+    auto_low_budget_strategy: str = Field(SelectionParams.auto_low_budget_strategy, description="auto: the strategy at low budget")
     split: str = Field("train", description="dataset split of the pool")
 
     @field_validator("strategy")
@@ -83,6 +90,14 @@ class Config(StageConfig):
     def _known_strategy(cls, value: str) -> str:
         if value not in STRATEGIES:
             raise ValueError(f"unknown selection strategy {value!r}; valid: {', '.join(STRATEGIES.names())}")
+        return value
+
+    @field_validator("auto_redundant_strategy", "auto_diverse_strategy", "auto_low_budget_strategy")
+    @classmethod
+    def _known_auto_choice(cls, value: str) -> str:
+        valid = [name for name in STRATEGIES.names() if name != "auto"]
+        if value not in valid:
+            raise ValueError(f"unknown selection strategy {value!r} for auto to choose; valid: {', '.join(valid)}")
         return value
 
 
@@ -99,7 +114,8 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, budget
         fields={"strategy": "acquisition.strategy", "score": "acquisition.score", "seed": "seed", "device": "device"},
         spread=("acquisition.strategy_params",),
         dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
-        scores_uri=layout.scores(cycle) if required_columns(acq.strategy, acq.score) else None,
+        scores_uri=layout.scores(cycle) if required_columns(acq.strategy, acq.score, SelectionParams.from_strategy_params(
+            acq.strategy_params)) else None,
         output_uri=layout.selection(cycle), budget=exp.budget if budget is None else budget, cycle=cycle + 1,
     )
 
@@ -145,7 +161,10 @@ def run(config: Config) -> Result:
     params = SelectionParams(score=config.score, uniform_n=config.uniform_n, prefilter_factor=config.prefilter_factor,
                              unified_factor=config.unified_factor, device=config.device,
                              auto_redundant_at=config.auto_redundant_at, auto_low_budget_pct=config.auto_low_budget_pct,
-                             auto_near_dup_ratio=config.auto_near_dup_ratio)
+                             auto_near_dup_ratio=config.auto_near_dup_ratio,
+                             auto_redundant_strategy=config.auto_redundant_strategy,
+                             auto_diverse_strategy=config.auto_diverse_strategy,
+                             auto_low_budget_strategy=config.auto_low_budget_strategy)
     inp = SelectionInput(pool=pool, budget=config.budget, seed=seed, scores=scores, images=dataset.images,
                          labeled=labeled, params=params)
     picked = select(config.strategy, inp)
