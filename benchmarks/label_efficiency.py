@@ -459,8 +459,7 @@ def best_fixed_check(rows: list[dict], pools: list[str], records: list[dict]) ->
             seeds = sorted(set(mine) & set(theirs))
             diffs = [per_seed_figures(mine[s], None, "AP50")["auc"] - per_seed_figures(theirs[s], None, "AP50")["auc"]
                      for s in seeds]
-            key = "auto-vs-best" if arm == "auto" else f"{arm}-vs-best"
-            mean, lo, hi = paired_bootstrap(diffs, seed=int(_key(pool, key), 16) % 2**31)
+            mean, lo, hi = paired_bootstrap(diffs, seed=int(_key(pool, f"{arm}-vs-best"), 16) % 2**31)
             enough = len(seeds) >= 5
             out.append({"pool": pool, "arm": arm, "best_fixed": best["strategy"], "best_mean": round(best["mean"], 3),
                         "auto_minus_best": round(mean, 3), "low": round(lo, 3), "high": round(hi, 3), "seeds": len(seeds),

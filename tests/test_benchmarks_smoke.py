@@ -206,3 +206,18 @@ def test_label_efficiency_compares_only_what_ran_on_each_pool():
     check = le.best_fixed_check(rows, ["a", "b"], records)
     assert [c["pool"] for c in check] == ["a"] and check[0]["best_fixed"] == "entropy"
     assert check[0]["auto_within_best"] is False and check[0]["high"] < 0  # auto = random, entropy better on every seed
+
+
+def test_every_auto_arm_is_checked_against_the_best_fixed_strategy_and_none_counts_as_one():
+    def curve(strategy, seed, ap50):
+        return [{"pool": "a", "seed": seed, "strategy": strategy, "cycle": c, "labeled": 10 * (c + 1), "pct": 2.0 * (c + 1),
+                 "AP50": v, "AP": v / 2} for c, v in enumerate(ap50)]
+
+    records = []
+    for seed in range(5):  # auto-table6 is the best curve, yet only entropy may be the best *fixed* strategy
+        records += curve("random", seed, [40, 42, 44]) + curve("entropy", seed, [40, 45, 48 + seed])
+        records += curve("auto", seed, [40, 45, 48 + seed]) + curve("auto-table6", seed, [40, 50, 60])
+    rows = le.comparisons(records, ["a"], ["random", "entropy", "auto", "auto-table6"])
+    check = {c["arm"]: c for c in le.best_fixed_check(rows, ["a"], records)}
+    assert set(check) == {"auto", "auto-table6"} and {c["best_fixed"] for c in check.values()} == {"entropy"}
+    assert check["auto"]["auto_minus_best"] == 0 and check["auto-table6"]["low"] > 0

@@ -90,11 +90,11 @@ class SelectionParams:
     auto_low_budget_strategy: str = "random"
 
     @classmethod
-    def from_strategy_params(cls, strategy_params: Mapping[str, Any], **overrides: Any) -> SelectionParams:
-        """The params an experiment's ``acquisition.strategy_params`` set (keys of other stages'
-        options ignored here: select-batch's config validates every key at load time)."""
+    def from_strategy_params(cls, strategy_params: Mapping[str, Any]) -> SelectionParams:
+        """The params a mapping sets (an experiment's ``acquisition.strategy_params``, or a dumped
+        select-batch config); other keys are ignored here: select-batch's config validates them at load time."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in strategy_params.items() if k in known}, **overrides)
+        return cls(**{k: v for k, v in strategy_params.items() if k in known})
 
     def auto_candidates(self) -> tuple[str, ...]:
         """The strategies ``auto`` may run (what score-unlabeled must compute columns for)."""

@@ -158,13 +158,7 @@ def run(config: Config) -> Result:
         scores = schema.validate_scores(store.read_output_table(config.scores_uri, SCORES_FILE),
                                         where=store.join(config.scores_uri, SCORES_FILE))
     seed = int(np.random.SeedSequence([config.seed, cycle]).generate_state(1)[0])
-    params = SelectionParams(score=config.score, uniform_n=config.uniform_n, prefilter_factor=config.prefilter_factor,
-                             unified_factor=config.unified_factor, device=config.device,
-                             auto_redundant_at=config.auto_redundant_at, auto_low_budget_pct=config.auto_low_budget_pct,
-                             auto_near_dup_ratio=config.auto_near_dup_ratio,
-                             auto_redundant_strategy=config.auto_redundant_strategy,
-                             auto_diverse_strategy=config.auto_diverse_strategy,
-                             auto_low_budget_strategy=config.auto_low_budget_strategy)
+    params = SelectionParams.from_strategy_params(config.model_dump())  # every strategy option the config holds
     inp = SelectionInput(pool=pool, budget=config.budget, seed=seed, scores=scores, images=dataset.images,
                          labeled=labeled, params=params)
     picked = select(config.strategy, inp)
