@@ -84,9 +84,13 @@ STRATEGIES: dict[str, dict] = {
     "coreset+ssl": {"acquisition": {"score": "embedding", "strategy": "coreset"}, "ssl": {"enabled": True}},
     "unified+ssl": {"acquisition": {"score": "entropy", "strategy": "unified"}, "ssl": {"enabled": True}},
     "auto": {"acquisition": {"score": "entropy", "strategy": "auto"}, "ssl": {"enabled": False}},
+    # auto without its model-quality cell: the pool's redundancy and the labeled share decide alone
+    # (the rule the traffic-cams check rejected, docs/al.md)
+    "auto-pool-only": {"acquisition": {"score": "entropy", "strategy": "auto", "strategy_params": {
+        "auto_min_ap50": 0.0}}, "ssl": {"enabled": False}},
     # auto with Mittal et al.'s Table 6 cells as printed (the product's defaults before they were measured)
     "auto-table6": {"acquisition": {"score": "entropy", "strategy": "auto", "strategy_params": {
-        "auto_redundant_strategy": "coreset", "auto_low_budget_pct": 5.0}}, "ssl": {"enabled": False}},
+        "auto_redundant_strategy": "coreset", "auto_low_budget_pct": 5.0, "auto_min_ap50": 0.0}}, "ssl": {"enabled": False}},
 }
 #: arms that choose a strategy per cycle: compared with the best fixed strategy, never counted as one
 AUTO_ARMS = tuple(name for name, sections in STRATEGIES.items() if sections["acquisition"]["strategy"] == "auto")
@@ -323,7 +327,7 @@ class Job:
             layout = RunLayout(VIRTUAL_ROOT, exp)
             for cycle in range(exp.cycles):
                 ev: dict = {}
-                choice = share = None
+                choice = share = quality = None
                 for stage, upstream in plan.cycle_stages(exp, cycle):
                     result = self.run_stage(stage, exp, cycle, resolved, **upstream)
                     if stage == "evaluate":
@@ -331,6 +335,7 @@ class Job:
                     if stage == "select-batch":
                         info = result.get("info") or {}
                         choice, share = info.get("auto.choice"), info.get("auto.near_duplicate_share")
+                        quality = info.get("auto.model_ap50")
                 table, _ = ledger_mod.read_ledger(resolved[layout.ledger(cycle)])
                 labeled = len(ledger_mod.ids_in_state(table, "labeled"))
                 rec = {"pool": self.pool, "seed": self.seed, "strategy": strategy, "cycle": cycle, "labeled": labeled,
@@ -338,6 +343,7 @@ class Job:
                 if choice:
                     rec["auto_choice"] = choice
                     rec["auto_near_duplicate_share"] = share
+                    rec["auto_model_ap50"] = quality
                 records.append(rec)
                 progress(f"{self.pool} seed {self.seed}: {strategy:13s} cycle {cycle}: {labeled:4d} labels "
                          f"AP50 {rec['AP50']:5.1f} AP {rec['AP']:5.1f}" + (f" (auto chose {choice})" if choice else ""))

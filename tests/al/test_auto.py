@@ -79,6 +79,14 @@ def test_choice_follows_the_table_6_axes_with_the_measured_defaults():
     assert auto_choice(0.1, 20.0, paper) == "topk"
 
 
+def test_a_model_too_weak_to_rank_gets_the_low_budget_strategy_whatever_the_pool():
+    params = SelectionParams()  # random while the held-out AP50 is under 0.2
+    assert auto_choice(0.8, 2.0, params, model_ap50=0.05) == "random" and auto_choice(0.1, 20.0, params, 0.05) == "random"
+    assert auto_choice(0.8, 2.0, params, model_ap50=0.45) == "unified" and auto_choice(0.1, 2.0, params, 0.45) == "topk"
+    assert auto_choice(0.8, 2.0, params, model_ap50=None) == "unified"  # quality unknown: the pool decides
+    assert auto_choice(0.8, 2.0, SelectionParams(auto_min_ap50=0.0), model_ap50=0.0) == "unified"  # 0 turns the cell off
+
+
 def test_auto_asks_score_unlabeled_for_every_column_its_candidates_read():
     assert set(required_columns("auto", "entropy")) == {"entropy", "inconsistency", "embedding"}
     mine = SelectionParams.from_strategy_params({"auto_redundant_strategy": "coreset", "prefilter_factor": 2.0})
@@ -123,6 +131,17 @@ def test_auto_picks_what_the_chosen_strategy_picks_and_says_why(pool, labeled_sh
     assert picked.ids == select(expected, inp).ids
     assert 0.0 <= picked.info["auto.near_duplicate_share"] <= 1.0
     assert picked.info["auto.labeled_pct"] == pytest.approx(100.0 * len(inp.labeled) / 200)
+    assert picked.info["auto.model_ap50"] is None
+
+
+def test_auto_on_a_weak_model_picks_what_random_picks_and_logs_the_model_quality():
+    from dataclasses import replace
+
+    emb, seq = _video_pool(20, 10)
+    inp = replace(_input(emb, seq, 0.02), model_ap50=0.04)
+    picked = select("auto", inp)
+    assert picked.info["auto.choice"] == "random" and picked.info["auto.model_ap50"] == 0.04
+    assert picked.ids == select("random", inp).ids
 
 
 def _auto_experiment(**strategy_params):
@@ -145,3 +164,35 @@ def test_an_experiment_with_auto_scores_what_its_choices_read_and_rejects_unknow
     assert "inconsistency" not in plain.scores
     with pytest.raises(ConfigError, match="auto_diverse_strategy.*for auto to choose"):
         _auto_experiment(auto_diverse_strategy="best")
+
+
+def test_select_batch_of_an_auto_experiment_reads_the_cycles_evaluation():
+    from activedet.pipeline import plan
+
+    config = plan.stage_config("select-batch", _auto_experiment(), "/tmp/run", 1)
+    assert config.eval_uri == "/tmp/run/cycle-01/eval"  # evaluate ran on the model that scored the pool
+    fixed = plan.stage_config("select-batch", load_experiment_with(strategy="topk"), "/tmp/run", 1)
+    assert fixed.eval_uri is None
+
+
+def load_experiment_with(**acquisition):
+    from pathlib import Path
+
+    from activedet.pipeline.plan import load_experiment
+
+    data = load_experiment(Path(__file__).parents[2] / "configs" / "demo.yaml").model_dump(mode="json")
+    data["acquisition"].update(acquisition)
+    return load_experiment(data)
+
+
+@pytest.mark.parametrize(("metrics", "error"), [(None, "no evaluate output"), ({"AP": 0.1}, "metrics.AP50 is None"),
+                                                ({"AP50": 42.0}, "not a number in")])
+def test_a_missing_or_bad_evaluation_fails_naming_the_file(tmp_path, metrics, error):
+    from activedet import store
+    from activedet.errors import ActivedetError
+
+    if metrics is not None:
+        store.write_json(str(tmp_path / "metrics.json"), {"metrics": metrics})
+    with pytest.raises(ActivedetError, match=error) as err:
+        select_batch.read_model_ap50(str(tmp_path))
+    assert "metrics.json" in str(err.value)

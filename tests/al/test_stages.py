@@ -131,6 +131,17 @@ def test_scored_selection_strategies_end_to_end(al_dataset, tmp_path):
             meta = store.read_json(store.join(res.selection_uri, select_batch.SELECTION_META))
             assert meta["auto.choice"] == res.info["auto.choice"] in ("unified", "random", "topk")
             assert 0.0 <= meta["auto.near_duplicate_share"] <= 1.0
+    # with the cycle's evaluation given, a model under auto_min_ap50 selects what random selects
+    store.write_json(str(tmp_path / "eval" / "metrics.json"), {"metrics": {"AP50": 0.03}})
+    picks, infos = {}, {}
+    for strategy in ("auto", "random"):
+        res = select_batch.run(select_batch.Config(dataset_uri=al_dataset, ledger_uri=l0, output_uri=str(tmp_path / f"w-{strategy}"),
+                                                   strategy=strategy, budget=4, scores_uri=sc.scores_uri, device="cpu",
+                                                   eval_uri=str(tmp_path / "eval")))
+        picks[strategy] = select_batch.read_selection(res.selection_uri).column("image_id").to_pylist()
+        infos[strategy] = res.info
+    assert picks["auto"] == picks["random"]
+    assert infos["auto"]["auto.choice"] == "random" and infos["auto"]["auto.model_ap50"] == 0.03
 
 
 def test_config_errors():

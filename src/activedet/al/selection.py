@@ -37,11 +37,13 @@ Strategies:
                    taken; when every class list is exhausted, the rest is filled by ``score``.
 ``auto``           chooses per cycle along Mittal et al.'s Table 6 axes, from the pool's measured
                    redundancy (:mod:`activedet.al.redundancy`: share of images with a near-duplicate
-                   in embedding space, at the pool's own other-sequence distance scale) and the labeled
-                   share: ``auto_redundant_strategy`` (``unified``) on a redundant pool (share >=
-                   ``auto_redundant_at``); on a diverse one ``auto_low_budget_strategy``
-                   (``random``) while under ``auto_low_budget_pct`` % is labeled, else
-                   ``auto_diverse_strategy`` (``topk`` of ``score``: single-sample uncertainty).
+                   in embedding space, at the pool's own other-sequence distance scale), the labeled
+                   share and the cycle model's held-out AP50 (``model_ap50``, evaluate's): while the
+                   model is too weak for its scores to mean anything (AP50 < ``auto_min_ap50``)
+                   ``auto_low_budget_strategy`` (``random``); else ``auto_redundant_strategy``
+                   (``unified``) on a redundant pool (share >= ``auto_redundant_at``); on a diverse
+                   one ``auto_low_budget_strategy`` while under ``auto_low_budget_pct`` % is labeled,
+                   else ``auto_diverse_strategy`` (``topk`` of ``score``: single-sample uncertainty).
                    The defaults are the project's measurement, not the paper's (see docs/al.md).
                    The measurement and the choice are in :attr:`Picked.info` (select-batch logs
                    them and writes them to selection.json).
@@ -51,7 +53,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -88,6 +90,7 @@ class SelectionParams:
     auto_redundant_strategy: str = "unified"
     auto_diverse_strategy: str = "topk"
     auto_low_budget_strategy: str = "random"
+    auto_min_ap50: float = 0.2
 
     @classmethod
     def from_strategy_params(cls, strategy_params: Mapping[str, Any]) -> SelectionParams:
@@ -113,6 +116,7 @@ class SelectionInput:
     images: pa.Table | None = None
     labeled: list[str] = field(default_factory=list)
     params: SelectionParams = field(default_factory=SelectionParams)
+    model_ap50: float | None = None  # the scoring model's held-out AP50 (evaluate's, 0-1); None = not known
 
     def _rows(self, ids: list[str], what: str) -> np.ndarray:
         if self.scores is None:
@@ -330,10 +334,14 @@ def class_balanced_strategy(inp: SelectionInput) -> Picked:
     return Picked([inp.pool[i] for i in taken], [float(values[i]) for i in taken])
 
 
-def auto_choice(redundancy: float, labeled_pct: float, params: SelectionParams) -> str:
-    """The strategy ``auto`` runs: the redundant-pool one when the near-duplicate share reaches
-    ``auto_redundant_at``; on a diverse pool the low-budget one under ``auto_low_budget_pct`` %
-    labeled, else the diverse-pool one (Mittal et al. Table 6's layout; each cell is configurable)."""
+def auto_choice(redundancy: float, labeled_pct: float, params: SelectionParams, model_ap50: float | None = None) -> str:
+    """The strategy ``auto`` runs: the low-budget one while the model's held-out AP50 is under
+    ``auto_min_ap50`` (its scores rank noise: Mittal et al.'s "random at very low budgets", keyed
+    on what low budget does to the model); else the redundant-pool one when the near-duplicate share
+    reaches ``auto_redundant_at``; on a diverse pool the low-budget one under ``auto_low_budget_pct`` %
+    labeled, else the diverse-pool one (Table 6's layout; each cell is configurable)."""
+    if model_ap50 is not None and model_ap50 < params.auto_min_ap50:
+        return params.auto_low_budget_strategy
     if redundancy >= params.auto_redundant_at:
         return params.auto_redundant_strategy
     if labeled_pct < params.auto_low_budget_pct:
@@ -352,12 +360,14 @@ def auto_strategy(inp: SelectionInput) -> Picked:
         sequences = [by_id.get(i) for i in ids]
     measured = measure_redundancy(inp.embeddings(ids), sequences, ratio=inp.params.auto_near_dup_ratio, seed=inp.seed)
     labeled_pct = 100.0 * len(inp.labeled) / max(len(ids), 1)
-    choice = auto_choice(measured.near_duplicate_share, labeled_pct, inp.params)
-    log.info("auto: near-duplicate share %.2f (%.0f%% of them within a sequence, %d images measured), %.1f%% labeled -> %s",
-             measured.near_duplicate_share, 100 * measured.within_sequence_share, measured.measured, labeled_pct, choice)
+    choice = auto_choice(measured.near_duplicate_share, labeled_pct, inp.params, inp.model_ap50)
+    quality = "unknown" if inp.model_ap50 is None else f"{inp.model_ap50:.3f}"
+    log.info("auto: near-duplicate share %.2f (%.0f%% of them within a sequence, %d images measured), %.1f%% labeled, "
+             "model AP50 %s -> %s", measured.near_duplicate_share, 100 * measured.within_sequence_share, measured.measured,
+             labeled_pct, quality, choice)
     picked = STRATEGIES.get(choice)(inp)
     info = {**{f"auto.{k}": (v if v == v else None) for k, v in measured.as_dict().items()},  # NaN: not measurable
-            "auto.labeled_pct": labeled_pct, "auto.choice": choice}
+            "auto.labeled_pct": labeled_pct, "auto.model_ap50": inp.model_ap50, "auto.choice": choice}
     return Picked(picked.ids, picked.scores, info)
 
 
@@ -367,6 +377,8 @@ def auto_strategy(inp: SelectionInput) -> Picked:
 #: strategies that rank by the configured ``score`` column, and those that need embeddings (k-center)
 RANKS_BY_SCORE = frozenset({"topk", "uniform_topk", "prefilter_coreset", "class_balanced", "auto"})
 NEEDS_EMBEDDINGS = frozenset({"coreset", "prefilter_coreset", "auto"})
+#: strategies that read the scoring model's held-out AP50 (SelectionInput.model_ap50)
+READS_MODEL_QUALITY = frozenset({"auto"})
 
 
 def required_columns(strategy: str, score: str, params: SelectionParams | None = None) -> list[str]:
@@ -397,7 +409,7 @@ def select(strategy: str, inp: SelectionInput) -> Picked:
         budget = len(inp.pool)
     if len(set(inp.pool)) != len(inp.pool):
         raise ActivedetError("selection: the pool has duplicate image ids")
-    inp = SelectionInput(inp.pool, budget, inp.seed, inp.scores, inp.images, inp.labeled, inp.params)
+    inp = replace(inp, budget=budget)
     picked = fn(inp) if budget else Picked([], [])
     pool = set(inp.pool)
     outside = [i for i in picked.ids if i not in pool]

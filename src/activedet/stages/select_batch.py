@@ -30,6 +30,7 @@ from activedet.al import ledger as ledger_mod
 from activedet.al.scores import SCORES
 from activedet.al.selection import (  # noqa: F401 (read_selection: re-exported for callers of the stage)
     RANKS_BY_SCORE,
+    READS_MODEL_QUALITY,
     SELECTION_FILE,
     STRATEGIES,
     SelectionInput,
@@ -39,7 +40,7 @@ from activedet.al.selection import (  # noqa: F401 (read_selection: re-exported 
     select,
 )
 from activedet.config import StageConfig, config_from
-from activedet.errors import ConfigError
+from activedet.errors import ActivedetError, ConfigError
 from activedet.stages.score_unlabeled import SCORES_FILE
 from activedet.tracking import tracker_for
 
@@ -83,6 +84,11 @@ class Config(StageConfig):
     auto_redundant_strategy: str = Field(SelectionParams.auto_redundant_strategy, description="auto: the strategy on a redundant pool")
     auto_diverse_strategy: str = Field(SelectionParams.auto_diverse_strategy, description="auto: the strategy on a diverse pool")
     auto_low_budget_strategy: str = Field(SelectionParams.auto_low_budget_strategy, description="auto: the strategy at low budget")
+    auto_min_ap50: float = Field(
+        SelectionParams.auto_min_ap50, ge=0.0, le=1.0,
+        description="auto: the low-budget strategy while the model's held-out AP50 (eval_uri) is under this (0: never)",
+    )
+    eval_uri: str | None = Field(None, description="evaluate's output for the scoring model (metrics.json: AP50); read by auto")
     split: str = Field("train", description="dataset split of the pool")
 
     @field_validator("strategy")
@@ -116,8 +122,20 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, budget
         dataset_uri=layout.dataset, ledger_uri=layout.ledger(cycle),
         scores_uri=layout.scores(cycle) if required_columns(acq.strategy, acq.score, SelectionParams.from_strategy_params(
             acq.strategy_params)) else None,
+        eval_uri=layout.eval(cycle) if acq.strategy in READS_MODEL_QUALITY else None,  # the cycle's model, which scored the pool
         output_uri=layout.selection(cycle), budget=exp.budget if budget is None else budget, cycle=cycle + 1,
     )
+
+
+def read_model_ap50(eval_uri: str) -> float:
+    """The AP50 (0-1) in evaluate's ``metrics.json`` under ``eval_uri``."""
+    uri = store.join(eval_uri, "metrics.json")
+    if not store.exists(uri):
+        raise ActivedetError(f"{uri}: no evaluate output (eval_uri must be an evaluate stage's output prefix)")
+    value = (store.read_json(uri).get("metrics") or {}).get("AP50")
+    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+        raise ActivedetError(f"{uri}: metrics.AP50 is {value!r}, not a number in [0, 1]")
+    return float(value)
 
 
 class Result(BaseModel):
@@ -160,7 +178,7 @@ def run(config: Config) -> Result:
     seed = int(np.random.SeedSequence([config.seed, cycle]).generate_state(1)[0])
     params = SelectionParams.from_strategy_params(config.model_dump())  # every strategy option the config holds
     inp = SelectionInput(pool=pool, budget=config.budget, seed=seed, scores=scores, images=dataset.images,
-                         labeled=labeled, params=params)
+                         labeled=labeled, params=params, model_ap50=read_model_ap50(config.eval_uri) if config.eval_uri else None)
     picked = select(config.strategy, inp)
     table = selection_table(picked.ids, picked.scores, config.strategy)
     new_ledger = ledger_mod.set_state(ledger, picked.ids, "pending", cycle=cycle, allowed_from=("unlabeled",))
