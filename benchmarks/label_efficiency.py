@@ -25,7 +25,9 @@ For each pool, strategy and seed the budget curve gives AUC@B and metric@B at th
 and the labels needed to reach random's final metric (METHODS.md section 7); each strategy is
 compared with random by the mean paired difference over seeds and its 95 % bootstrap interval,
 and a claim holds only when the interval excludes zero with at least 5 seeds
-(:func:`activedet.al.budget.verdict`).
+(:func:`activedet.al.budget.verdict`). Pairs are a seed on one machine (records carry the CPU
+model, or the GPU): another CPU's float kernels train another cycle-0 teacher, so records imported
+from a different machine pair only with that machine's runs.
 
     .venv/bin/python benchmarks/label_efficiency.py --smoke          # seconds: CI runs it
     .venv/bin/python benchmarks/label_efficiency.py                  # defaults: see --help (hours on CPU)
@@ -264,6 +266,8 @@ class Job:
     log: str | None = None
     #: strategies whose every cycle is already recorded for this pool and seed: not run again
     done: list[str] = field(default_factory=list)
+    #: the CPU (or GPU) the records are measured on: pairs never mix machines (float kernels differ)
+    machine: str = ""
     timings: dict = field(default_factory=dict)
 
     def _record_time(self, stage: str, seconds: float | None) -> None:
@@ -338,7 +342,8 @@ class Job:
                         quality = info.get("auto.model_ap50")
                 table, _ = ledger_mod.read_ledger(resolved[layout.ledger(cycle)])
                 labeled = len(ledger_mod.ids_in_state(table, "labeled"))
-                rec = {"pool": self.pool, "seed": self.seed, "strategy": strategy, "cycle": cycle, "labeled": labeled,
+                rec = {"pool": self.pool, "seed": self.seed, "machine": self.machine, "strategy": strategy, "cycle": cycle,
+                       "labeled": labeled,
                        "pct": 100.0 * labeled / pool_size, **{m: 100.0 * (ev.get(m) or 0.0) for m in METRICS}}
                 if choice:
                     rec["auto_choice"] = choice
@@ -369,11 +374,18 @@ def _job_main(spec: dict) -> dict:
 # --------------------------------------------------------------------------- aggregation
 
 
-def curves_by_seed(records: list[dict], pool: str, strategy: str) -> dict[int, dict[str, list]]:
-    out: dict[int, dict[str, list]] = {}
+def run_key(record: dict) -> tuple[int, str]:
+    """What pairs two strategies' curves: the seed on one machine. The same seed on another CPU
+    trains a different cycle-0 teacher (its float kernels differ), so such curves are never paired."""
+    return record["seed"], record.get("machine", "")
+
+
+def curves_by_seed(records: list[dict], pool: str, strategy: str) -> dict[tuple[int, str], dict[str, list]]:
+    """``{(seed, machine): curve}`` of ``strategy`` on ``pool``."""
+    out: dict[tuple[int, str], dict[str, list]] = {}
     for r in sorted(records, key=lambda r: r["cycle"]):
         if r["pool"] == pool and r["strategy"] == strategy:
-            c = out.setdefault(r["seed"], {"pct": [], "labeled": [], **{m: [] for m in METRICS}})
+            c = out.setdefault(run_key(r), {"pct": [], "labeled": [], **{m: [] for m in METRICS}})
             for k in ("pct", "labeled", *METRICS):
                 c[k].append(r[k])
     return out
@@ -515,11 +527,12 @@ def markdown(payload: dict) -> str:
         f"{st['teacher_iters']} it from scratch every cycle, student {st['student_iters']} it, pseudo-labels {st['pl_filter']} "
         f"{st['pl_params']}; every stage config from the experiment (`plan.stage_config`).",
         "",
-        "Each strategy vs random, mean paired difference over seeds [95 % bootstrap interval]; AUC of AP50 "
+        "Each strategy vs random, mean paired difference over seeds (a pair: one seed on one machine) [95 % bootstrap "
+        "interval]; AUC of AP50 "
         "(x100 x percentage points), final AP50, labels saved at random's final AP50:",
         "",
     ]
-    lines[-2:-2] = [f"Cycle-0 AP50 spread between non-SSL strategies of one seed (they share the cycle-0 teacher; "
+    lines[-2:-2] = [f"Cycle-0 AP50 spread between non-SSL strategies of one seed on one machine (they share the cycle-0 teacher; "
                     f"0 = reproduced exactly): {payload.get('cycle0_spread', 0.0):.4f}.", ""]
     cmp_rows = [r for r in payload["comparisons"] if r["metric"] == "AP50"]
     table = []
@@ -545,6 +558,12 @@ def markdown(payload: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
+def machine_id() -> str:
+    """The processor records are tagged with (``run_key``): the GPU when there is one, else the CPU model."""
+    info = machine()
+    return info.get("cuda") or info.get("cpu_model") or "unknown"
+
+
 def settings_of(args) -> dict:
     keys = ("pools", "strategies", "seeds", "pool", "frames", "eval_images", "initial_pct", "budget_pct", "cycles", "height",
             "width", "preset", "backbone_weights", "teacher_iters", "student_iters", "batch_size", "pl_filter", "pl_params",
@@ -561,7 +580,7 @@ def cycle0_spread(records: list[dict]) -> float:
     by: dict = {}
     for r in records:
         if r["cycle"] == 0 and not r["strategy"].endswith("+ssl"):
-            by.setdefault((r["pool"], r["seed"]), []).append(r["AP50"])
+            by.setdefault((r["pool"], *run_key(r)), []).append(r["AP50"])
     return round(max((max(v) - min(v) for v in by.values()), default=0.0), 6)
 
 
@@ -605,11 +624,11 @@ def imported_payload(path: Path | None, args) -> dict:
     return payload
 
 
-def finished_strategies(records: list[dict], pool: str, seed: int, cycles: int) -> list[str]:
-    """Strategies with a record for every cycle of ``pool`` and ``seed``."""
+def finished_strategies(records: list[dict], pool: str, seed: int, cycles: int, machine_id: str) -> list[str]:
+    """Strategies with a record for every cycle of ``pool`` and ``seed`` on this machine."""
     seen: dict[str, set] = {}
     for r in records:
-        if r["pool"] == pool and r["seed"] == seed:
+        if r["pool"] == pool and run_key(r) == (seed, machine_id):
             seen.setdefault(r["strategy"], set()).add(r["cycle"])
     return [s for s, c in seen.items() if c >= set(range(cycles))]
 
@@ -627,10 +646,12 @@ def main(argv=None) -> dict:
     log_path = args.work / "records.jsonl"
     imported = imported_payload(args.import_records, args)
     done = list(imported.get("records", []))
+    here = machine_id()
     done += [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     specs = [{"pool": p, "seed": s, "base": base_experiment(args, p, datasets[p], s), "work": str(args.work / p),
               "strategies": list(args.strategies), "threads": threads, "log": str(log_path),
-              "done": finished_strategies(done, p, s, args.cycles)} for s in args.seeds for p in args.pools]
+              "done": finished_strategies(done, p, s, args.cycles, here), "machine": here}
+             for s in args.seeds for p in args.pools]
     timings: dict = {}
     jobs_done = [0]
 
@@ -653,14 +674,14 @@ def main(argv=None) -> dict:
     else:
         for spec in specs:
             collect(_job_main(dict(spec)))
-    # one record per (pool, seed, strategy, cycle): the newest wins (a re-run recomputes nothing but re-reports)
-    latest = {(r["pool"], r["seed"], r["strategy"], r["cycle"]): r for r in done}
+    # one record per (pool, seed, machine, strategy, cycle): the newest wins (a re-run recomputes nothing but re-reports)
+    latest = {(r["pool"], *run_key(r), r["strategy"], r["cycle"]): r for r in done}
     command = " ".join([Path(sys.argv[0]).name, *sys.argv[1:]])
     earlier = imported.get("commands") or ([imported["command"]] if imported else [])
     payload = {"benchmark": "label_efficiency", "command": command, "commands": [*earlier, command],
                "machine": machine(), "loadavg_1m_at_start": load0, "seconds": round(time.time() - started, 1),
                "settings": settings_of(args), "datasets": datasets, "stage_timings": timings}
-    payload = finish(payload, sorted(latest.values(), key=lambda r: (r["pool"], r["seed"], _order(r["strategy"]), r["cycle"])),
+    payload = finish(payload, sorted(latest.values(), key=lambda r: (r["pool"], *run_key(r), _order(r["strategy"]), r["cycle"])),
                      args.out, args.name)
     print((args.out / f"{args.name}.md").read_text())
     return payload

@@ -178,10 +178,13 @@ def test_certainty_benchmark_true_iou_is_best_same_class_iou():
 
 
 def test_label_efficiency_skips_recorded_strategies_and_refuses_foreign_records(tmp_path):
-    recs = [{"pool": "synth-redundant", "seed": 0, "strategy": s, "cycle": c} for s in ("random", "entropy") for c in (0, 1)]
+    recs = [{"pool": "synth-redundant", "seed": 0, "machine": "cpu-a", "strategy": s, "cycle": c}
+            for s in ("random", "entropy") for c in (0, 1)]
     recs = recs[:-1]  # entropy lacks its last cycle: it runs again
-    assert le.finished_strategies(recs, "synth-redundant", 0, cycles=2) == ["random"]
-    assert le.finished_strategies(recs, "synth-redundant", 1, cycles=2) == []
+    assert le.finished_strategies(recs, "synth-redundant", 0, cycles=2, machine_id="cpu-a") == ["random"]
+    assert le.finished_strategies(recs, "synth-redundant", 1, cycles=2, machine_id="cpu-a") == []
+    # another CPU trains another cycle-0 teacher: its records are not this machine's pairs
+    assert le.finished_strategies(recs, "synth-redundant", 0, cycles=2, machine_id="cpu-b") == []
     args = le.parse_args(["--smoke"])
     committed = tmp_path / "le.json"
     committed.write_text(json.dumps({"settings": {**le.settings_of(args), "teacher_iters": 99}, "records": recs,
@@ -221,3 +224,16 @@ def test_every_auto_arm_is_checked_against_the_best_fixed_strategy_and_none_coun
     check = {c["arm"]: c for c in le.best_fixed_check(rows, ["a"], records)}
     assert set(check) == {"auto", "auto-table6"} and {c["best_fixed"] for c in check.values()} == {"entropy"}
     assert check["auto"]["auto_minus_best"] == 0 and check["auto-table6"]["low"] > 0
+
+
+def test_label_efficiency_pairs_curves_only_on_the_same_machine():
+    def curve(strategy, machine, ap50s):
+        return [{"pool": "p", "seed": 0, "machine": machine, "strategy": strategy, "cycle": c, "labeled": 10 * (c + 1),
+                 "pct": 2.0 * (c + 1), **{m: v for m in le.METRICS}} for c, v in enumerate(ap50s)]
+
+    recs = curve("random", "cpu-a", [40, 50]) + curve("entropy", "cpu-a", [40, 60]) + curve("auto", "cpu-b", [41, 55])
+    rows = {(r["strategy"], r["quantity"]): r for r in le.comparisons(recs, ["p"], ["random", "entropy", "auto"])
+            if r["metric"] == "AP50"}
+    assert rows[("entropy", "final")]["mean"] == 10 and rows[("entropy", "final")]["seeds"] == 1
+    assert ("auto", "final") not in rows  # no random run on cpu-b: nothing to pair with
+    assert le.cycle0_spread(recs) == 0.0  # 40 vs 41 are different machines' teachers, not a reproduction failure
