@@ -192,7 +192,15 @@ def test_a_missing_or_bad_evaluation_fails_naming_the_file(tmp_path, metrics, er
     from activedet.errors import ActivedetError
 
     if metrics is not None:
-        store.write_json(str(tmp_path / "metrics.json"), {"metrics": metrics})
+        with store.OutputWriter(str(tmp_path / "eval")) as out:
+            out.write_json("metrics.json", {"metrics": metrics})
     with pytest.raises(ActivedetError, match=error) as err:
-        select_batch.read_model_ap50(str(tmp_path))
+        select_batch.read_model_ap50(str(tmp_path / "eval"))
     assert "metrics.json" in str(err.value)
+
+
+def test_an_auto_min_ap50_outside_0_1_fails_at_load_time():
+    from activedet.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="auto_min_ap50"):
+        _auto_experiment(auto_min_ap50=20)

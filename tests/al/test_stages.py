@@ -132,7 +132,8 @@ def test_scored_selection_strategies_end_to_end(al_dataset, tmp_path):
             assert meta["auto.choice"] == res.info["auto.choice"] in ("unified", "random", "topk")
             assert 0.0 <= meta["auto.near_duplicate_share"] <= 1.0
     # with the cycle's evaluation given, a model under auto_min_ap50 selects what random selects
-    store.write_json(str(tmp_path / "eval" / "metrics.json"), {"metrics": {"AP50": 0.03}})
+    with store.OutputWriter(str(tmp_path / "eval")) as out:
+        out.write_json("metrics.json", {"metrics": {"AP50": 0.03}})
     picks, infos = {}, {}
     for strategy in ("auto", "random"):
         res = select_batch.run(select_batch.Config(dataset_uri=al_dataset, ledger_uri=l0, output_uri=str(tmp_path / f"w-{strategy}"),

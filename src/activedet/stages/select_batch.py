@@ -128,12 +128,13 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, budget
 
 
 def read_model_ap50(eval_uri: str) -> float:
-    """The AP50 (0-1) in evaluate's ``metrics.json`` under ``eval_uri``."""
+    """The AP50 (0-1) in the ``metrics.json`` of evaluate's committed output ``eval_uri``."""
     uri = store.join(eval_uri, "metrics.json")
-    if not store.exists(uri):
-        raise ActivedetError(f"{uri}: no evaluate output (eval_uri must be an evaluate stage's output prefix)")
-    value = (store.read_json(uri).get("metrics") or {}).get("AP50")
-    if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+    if not store.is_committed(eval_uri):
+        raise ActivedetError(f"{uri}: no evaluate output (eval_uri must be an evaluate stage's committed output prefix)")
+    data = store.read_output_json(eval_uri, "metrics.json")  # sha256-checked against the output's manifest
+    value = (data.get("metrics") or {}).get("AP50") if isinstance(data, dict) else None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ActivedetError(f"{uri}: metrics.AP50 is {value!r}, not a number in [0, 1]")
     return float(value)
 
