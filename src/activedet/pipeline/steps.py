@@ -24,6 +24,7 @@ from activedet import store
 from activedet.pipeline import plan
 from activedet.pipeline.experiment import ExperimentConfig, experiment_from_json
 from activedet.pipeline.layout import RunLayout
+from activedet.stages.evaluate import METRICS_FILE
 
 log = logging.getLogger("activedet.pipeline")
 
@@ -228,7 +229,7 @@ def _log_metrics(client, run_id: str, metrics: dict[str, float], step: int) -> N
 def _eval_metrics(lay: RunLayout, cycle: int, eval_result: dict) -> dict:
     """The evaluate stage's metrics (flat: AP, AP50, ...) plus ``per_class_AP`` {name: AP}."""
     metrics = {k: v for k, v in eval_result.items() if k != "output_uri"}
-    uri = store.join(lay.eval(cycle), "metrics.json")
+    uri = store.join(lay.eval(cycle), METRICS_FILE)
     if store.exists(uri):
         data = store.read_json(uri)
         if isinstance(data, dict):

@@ -33,6 +33,9 @@ log = logging.getLogger(__name__)
 
 NAME = "evaluate"
 IMAGE = "gpu"
+#: the summary file of the output ({"metrics": {...}, ...}): what select-batch, promote and the
+#: cycle end read
+METRICS_FILE = "metrics.json"
 #: metric names of ``metrics.json`` a run may stop on or promote by (the "AP family")
 METRICS = (*STAT_NAMES, "AP_rare")
 
@@ -172,7 +175,7 @@ def run(config: Config) -> dict:
         "predictions_uri": config.predictions_uri,
     }
     with store.OutputWriter(config.output_uri, meta={"stage": "evaluate"}) as out:
-        out.write_json("metrics.json", summary)
+        out.write_json(METRICS_FILE, summary)
         out.write_table("per_class.parquet", per_class_table(per_class))
         out.write_bytes("per_class.csv", _csv(per_class).encode())
         png = plot_per_class(per_class, out.local_file("per_class_ap.png"), title=f"per-class AP ({config.split})")

@@ -17,6 +17,7 @@ from pydantic import BaseModel, Field
 from activedet import store
 from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
+from activedet.stages.evaluate import METRICS_FILE
 
 if TYPE_CHECKING:
     from activedet.pipeline.experiment import ExperimentConfig
@@ -35,7 +36,7 @@ TAG_VALUE = "activedet.metric_value"
 class Config(StageConfig):
     checkpoint_uri: str = Field(description="candidate model: committed checkpoint output (student or teacher)")
     eval_uri: str = Field(description="evaluate output of the candidate (committed; holds metrics_file)")
-    metrics_file: str = Field("metrics.json", description="metrics JSON inside eval_uri")
+    metrics_file: str = Field(METRICS_FILE, description="metrics JSON inside eval_uri")
     metric: str = Field(
         "metrics.AP", description="metric to compare: dotted path into the evaluate stage's metrics JSON"
     )

@@ -41,6 +41,7 @@ from activedet.al.selection import (  # noqa: F401 (read_selection: re-exported 
 )
 from activedet.config import StageConfig, config_from
 from activedet.errors import ActivedetError, ConfigError
+from activedet.stages.evaluate import METRICS_FILE
 from activedet.stages.score_unlabeled import SCORES_FILE
 from activedet.tracking import tracker_for
 
@@ -63,13 +64,13 @@ class Config(StageConfig):
     strategy: str = Field("random", description="selection strategy: " + ", ".join(STRATEGIES.names()))
     budget: int = Field(ge=0, description="number of images to select (B)")
     scores_uri: str | None = Field(None, description="score-unlabeled (or merge-scores) output; not needed by random/uniform")
-    score: str = Field("entropy", description="score column for topk, uniform_topk, prefilter_coreset, class_balanced")
+    score: str = Field(SelectionParams.score, description="score column for topk, uniform_topk, prefilter_coreset, class_balanced")
     seed: int = Field(0, description="random seed (combined with the cycle)")
     cycle: int | None = Field(None, description="cycle number of this selection (default: the ledger's cycle + 1)")
     uniform_n: int | None = Field(None, ge=1, description="uniform: every n-th frame (default pool // budget); uniform_topk: default 5")
-    prefilter_factor: float = Field(3.0, ge=1.0, description="prefilter_coreset: keep the top factor * budget by score")
-    unified_factor: float = Field(2.0, ge=1.0, description="unified: keep the top factor * budget by entropy")
-    device: str = Field("auto", description="core-set device: auto, cpu, cuda")
+    prefilter_factor: float = Field(SelectionParams.prefilter_factor, ge=1.0, description="prefilter_coreset: keep the top factor * budget by score")
+    unified_factor: float = Field(SelectionParams.unified_factor, ge=1.0, description="unified: keep the top factor * budget by entropy")
+    device: str = Field(SelectionParams.device, description="core-set device: auto, cpu, cuda")
     auto_redundant_at: float = Field(
         SelectionParams.auto_redundant_at, ge=0.0, le=1.0,
         description="auto: a pool is redundant when at least this share of images has a near-duplicate nearest neighbour",
@@ -129,10 +130,10 @@ def from_experiment(exp: ExperimentConfig, layout: RunLayout, cycle: int, budget
 
 def read_model_ap50(eval_uri: str) -> float:
     """The AP50 (0-1) in the ``metrics.json`` of evaluate's committed output ``eval_uri``."""
-    uri = store.join(eval_uri, "metrics.json")
+    uri = store.join(eval_uri, METRICS_FILE)
     if not store.is_committed(eval_uri):
         raise ActivedetError(f"{uri}: no evaluate output (eval_uri must be an evaluate stage's committed output prefix)")
-    data = store.read_output_json(eval_uri, "metrics.json")  # sha256-checked against the output's manifest
+    data = store.read_output_json(eval_uri, METRICS_FILE)  # sha256-checked against the output's manifest
     value = (data.get("metrics") or {}).get("AP50") if isinstance(data, dict) else None
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
         raise ActivedetError(f"{uri}: metrics.AP50 is {value!r}, not a number in [0, 1]")
