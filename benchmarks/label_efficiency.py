@@ -543,13 +543,14 @@ def markdown(payload: dict) -> str:
                 table.append({"pool": pool, "strategy": strategy, "seeds": cells["auc"]["seeds"],
                               **{q: f"{_interval(c['mean'], c['low'], c['high'])} {c['verdict']}" for q, c in cells.items()}})
     lines.append(format_table(table, ["pool", "strategy", "seeds", "auc", "final", "labels_saved"],
-                              ["pool", "strategy", "seeds", "AUC@B (AP50)", "AP50@B", "labels saved"]))
+                              ["pool", "strategy", "pairs", "AUC@B (AP50)", "AP50@B", "labels saved"]))
     if payload.get("auto_check"):
         lines += ["", "auto vs the best fixed strategy by mean AUC of AP50 (paired by seed: auto - best, 95 % interval):", "",
                   format_table(payload["auto_check"], list(payload["auto_check"][0]))]
-    lines += ["", "AP50 per cycle, mean [95 % interval] over seeds:", "",
+    lines += ["", "AP50 per cycle, mean [95 % interval] over runs (a run: one seed on one machine):", "",
               format_table([{**r, "AP50": _interval(r["AP50_mean"], r["AP50_low"], r["AP50_high"]).replace("+", "")}
-                            for r in payload["curves"]], ["pool", "strategy", "cycle", "labeled", "pct", "seeds", "AP50"]),
+                            for r in payload["curves"]], ["pool", "strategy", "cycle", "labeled", "pct", "seeds", "AP50"],
+                           ["pool", "strategy", "cycle", "labeled", "pct", "runs", "AP50"]),
               "", "Stage costs:", "",
               format_table([{"stage": k, **v} for k, v in payload["stage_timings"].items()], ["stage", "runs", "reused", "seconds"])]
     return "\n".join(lines) + "\n"

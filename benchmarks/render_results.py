@@ -89,7 +89,7 @@ def _le_table(le: dict) -> str:
             cells = [by[(pool, strategy, q)] for q, _ in QUANTITIES]
             rows.append([pool, f"{strategy} - random", cells[0]["seeds"],
                          *[f"{c['verdict']}: {_interval(c['mean'], c['low'], c['high'])}" for c in cells]])
-    return _table(["pool", "paired difference", "seeds", *[f"{t} (95 % interval)" for _, t in QUANTITIES]], rows)
+    return _table(["pool", "paired difference", "pairs", *[f"{t} (95 % interval)" for _, t in QUANTITIES]], rows)
 
 
 def _le_plain(le: dict) -> str:
@@ -130,14 +130,27 @@ def label_efficiency_section(le: dict | None, *, image_prefix: str, detail: bool
     out = ["### Label efficiency", "", f"{commands}. " + _le_settings(le) + note, "", _le_table(le), "",
            _le_plain(le) + " " + level, "", f"![budget curves]({image_prefix}benchmarks/results/{le['plot']})", ""]
     if detail:
-        out += ["AP50 (x100) per cycle, mean [95 % interval] over seeds:", "", _curve_table(le), ""]
+        out += ["AP50 (x100) per cycle, mean [95 % interval] over runs (a run: one seed on one machine):", "", _curve_table(le), ""]
     return "\n".join(out)
+
+
+def demo_sizes_section(le: dict | None, *, image_prefix: str) -> str:
+    """The label-efficiency benchmark at ``configs/demo.yaml``'s sizes: the interval the demo's one
+    seed is read against (empty while ``label_efficiency_demo_sizes.json`` is not committed)."""
+    if le is None:
+        return ""
+    commands = " then ".join(f"`benchmarks/{c}`" for c in le.get("commands") or [le["command"]])
+    return "\n".join([
+        "### Label efficiency at the demo's sizes", "",
+        f"{commands}: the sizes and training of `configs/demo.yaml` (`make demo` runs one seed of this, on its own "
+        "generated frames). " + _le_settings(le), "", _le_table(le), "", _le_plain(le), "",
+        f"![budget curves at the demo's sizes]({image_prefix}benchmarks/results/{le['plot']})", ""])
 
 
 def _curve_table(le: dict) -> str:
     rows = [[c["pool"], c["strategy"], c["cycle"], c["labeled"], c["seeds"],
              _interval(c["AP50_mean"], c["AP50_low"], c["AP50_high"]), c.get("auto_choices", "")] for c in le["curves"]]
-    return _table(["pool", "strategy", "cycle", "labels", "seeds", "AP50", "auto chose"], rows)
+    return _table(["pool", "strategy", "cycle", "labels", "runs", "AP50", "auto chose"], rows)
 
 
 # --------------------------------------------------------------------------- other benchmarks
@@ -312,7 +325,8 @@ def readme_block() -> str:
     le, tp, ssl, vc = _load("label_efficiency"), _load("throughput"), _load("ssl_student"), _load("verify_cost")
     parts = [BEGIN, "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py` (full tables: "
              "[docs/results.md](docs/results.md)). " + machine_line(le, tp, ssl), "",
-             label_efficiency_section(le, image_prefix="", detail=False), throughput_section(tp), ssl_section(ssl),
+             label_efficiency_section(le, image_prefix="", detail=False),
+             demo_sizes_section(_load("label_efficiency_demo_sizes"), image_prefix=""), throughput_section(tp), ssl_section(ssl),
              ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), *certainty_sections(),
              teacher_section(_load("teacher")), backends_section(_load("backends")),
              verify_section(vc),
@@ -326,7 +340,8 @@ def results_page() -> str:
     parts = ["# Results", "", "Generated from `benchmarks/results/` by `benchmarks/render_results.py`; do not edit by hand "
              "(CI runs `--check`). What each benchmark measures: [benchmarks/README.md](../benchmarks/README.md). "
              + machine_line(le, tp, ssl), "",
-             label_efficiency_section(le, image_prefix="../", detail=True), throughput_section(tp), ssl_section(ssl),
+             label_efficiency_section(le, image_prefix="../", detail=True),
+             demo_sizes_section(_load("label_efficiency_demo_sizes"), image_prefix="../"), throughput_section(tp), ssl_section(ssl),
              ssl_modes_section(_load("ssl_student_mt")), *ssl_pretrained_sections(), *certainty_sections(),
              teacher_section(_load("teacher")), backends_section(_load("backends")),
              verify_section(vc),

@@ -36,12 +36,12 @@ def d2_demo(**changes) -> dict:
     data = yaml.safe_load((ROOT / "configs" / "demo.yaml").read_text())
     training = {**data["training"], "preset": "d2_faster_rcnn_R_50_FPN", "preset_options": D2_OPTIONS,
                 "teacher_iterations": 3, "student_iterations": 2, "batch_size": 2, "checkpoint_every": 2, "lr": 0.005,
-                "warm_start": True}
+                "warm_start": True, "backbone_weights": None}
     data.update(
         dataset={"synth": {"sequences": 8, "frames": 2, "seed": 0, "height": 64, "width": 128}},
         initial_size=4, budget=2, cycles=2, training=training, baselines=[],
         pseudo_labels={**data["pseudo_labels"], "max_pool_images": 4, "params": {"tau": 0.05}},
-        acquisition={"score": "mc_dropout", "strategy": "topk", "shards": 1},
+        acquisition={"score": "mc_dropout", "strategy": "topk", "shards": 1}, ssl={**data["ssl"], "enabled": True},
         mlflow={**data.get("mlflow", {}), "tracking_uri": None}, store_root=None,
     )
     for key, value in changes.items():

@@ -14,7 +14,8 @@ BASE = {"name": "t", "dataset": {"uri": "s3://data/x"}, "initial_size": 10, "bud
 
 def test_shipped_presets_follow_their_protocols(demo_experiment, cluster_experiment):
     assert demo_experiment.dataset.synth is not None and demo_experiment.device == "cpu"
-    assert demo_experiment.training.preset == "tiny"
+    assert (demo_experiment.training.preset, demo_experiment.training.backbone_weights) == ("lite0_fpn", "imagenet")
+    assert demo_experiment.baselines == ["random"] and not demo_experiment.ssl.enabled
     c = cluster_experiment
     assert (c.training.preset, c.initial_size, c.budget, c.cycles) == ("resnet50_fpn", 2000, 1000, 5)
     assert c.pseudo_labels.params["tau"] == 0.99 and c.device == "cuda"

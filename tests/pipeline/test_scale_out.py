@@ -114,9 +114,9 @@ def test_local_run_two_mean_teacher_cycles_with_2_ranks(demo_experiment, tmp_pat
     data.update({
         "dataset": {"synth": {"sequences": 8, "frames": 2, "seed": 0, "height": 64, "width": 128}},
         "initial_size": 4, "budget": 2, "cycles": 2, "store_root": None, "baselines": [],
-        "training": {**data["training"], "teacher_iterations": 2, "student_iterations": 2, "batch_size": 2, "devices": 2},
+        "training": {**data["training"], "preset": "tiny", "backbone_weights": None, "teacher_iterations": 2, "student_iterations": 2, "batch_size": 2, "devices": 2},
         "pseudo_labels": {"filter": "act", "params": {"alpha": 50}, "max_pool_images": 6, "shards": 2},
-        "ssl": {**data["ssl"], "mode": "mean_teacher", "mean_teacher": {"act_images": 4}},
+        "ssl": {**data["ssl"], "enabled": True, "mode": "mean_teacher", "mean_teacher": {"act_images": 4}},
         "mlflow": {**data["mlflow"], "tracking_uri": None},
     })
     exp = load_experiment(data)

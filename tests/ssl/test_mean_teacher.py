@@ -350,7 +350,7 @@ def test_experiment_ssl_mode_reaches_the_stage_and_bad_mode_fails_at_load():
     from activedet.pipeline.plan import load_experiment
 
     data = yaml.safe_load((Path(__file__).parents[2] / "configs" / "demo.yaml").read_text())
-    data["ssl"] = {**data.get("ssl", {}), "mode": "mean_teacher", "mean_teacher": {"act_every": 7}}
+    data["ssl"] = {**data.get("ssl", {}), "enabled": True, "mode": "mean_teacher", "mean_teacher": {"act_every": 7}}
     exp = load_experiment(data)
     cfg = stage.from_experiment(exp, RunLayout("/tmp/run", exp), 0)
     assert cfg.mode == "mean_teacher" and cfg.mean_teacher.act_every == 7 and cfg.lambda_u == 2.0
