@@ -330,6 +330,17 @@ def _union(lists) -> list:
     return list(dict.fromkeys(x for values in lists for x in values))
 
 
+def _measured(row: dict) -> set[str]:
+    """The measured (numeric) fields of a result row: everything but its seed and model name."""
+    return {k for k, v in row.items() if k not in ("seed", "model") and (v is None or isinstance(v, (int, float)))}
+
+
+def _same_number(a, b, tolerance: float) -> bool:
+    if a is None or b is None:
+        return a is b
+    return abs(a - b) <= tolerance
+
+
 def merge_rows(runs: list[dict], *, tolerance: float = 1e-6) -> list[dict]:
     """The rows of several results files, one per (seed, model), in first-seen order.
 
@@ -344,9 +355,12 @@ def merge_rows(runs: list[dict], *, tolerance: float = 1e-6) -> list[dict]:
             key = (row["seed"], row["model"])
             if key in merged:
                 before = merged[key]
-                if any(abs(before[m] - row[m]) > tolerance for m in ("AP", "AP50")):
+                differ = [m for m in _measured(before) | _measured(row)
+                          if not _same_number(before.get(m), row.get(m), tolerance)]
+                if differ:
+                    m = sorted(differ)[0]
                     raise SystemExit(f"combine: seed {row['seed']} {row['model']!r} differs between runs "
-                                     f"(AP {before['AP']:.4f} vs {row['AP']:.4f}); not pairing students with another run's control")
+                                     f"({m} {before.get(m)} vs {row.get(m)}); not pairing students with another run's control")
                 continue
             merged[key] = row
     return list(merged.values())
@@ -419,16 +433,15 @@ def command_line(settings: dict) -> str:
     """
     import shlex
 
-    ap = build_parser()
-    defaults = vars(ap.parse_args([]))
+    defaults = vars(build_parser().parse_args([]))  # every option, in declaration order
     parts = ["benchmarks/ssl_student.py"]
-    for action in ap._actions:
-        key = action.dest
-        if key in _PLACE_ONLY or key == "help" or key not in settings or settings[key] == defaults.get(key):
+    for key, default in defaults.items():
+        if key in _PLACE_ONLY or key not in settings or settings[key] == default:
             continue
         value = settings[key]
         values = value if isinstance(value, list) else [value]
-        parts += [action.option_strings[-1], *(shlex.quote(str(v)) for v in values)]
+        # each option is spelled --<dest with dashes> (build_parser names no option otherwise)
+        parts += [f"--{key.replace('_', '-')}", *(shlex.quote(str(v)) for v in values)]
     return " ".join(parts)
 
 

@@ -64,6 +64,13 @@ def test_combine_refuses_to_pair_students_with_a_different_control():
         ssl_student.merge_rows([first, other])
 
 
+def test_combine_refuses_a_repeated_row_that_differs_in_any_measured_field():
+    first = {"rows": [_row(0, "teacher", 1.0)]}
+    other = {"rows": [{**_row(0, "teacher", 1.0), "recall": 0.4}]}  # same AP and AP50, another recall
+    with pytest.raises(SystemExit, match="recall"):
+        ssl_student.merge_rows([first, other])
+
+
 def test_combined_file_names_every_filter_and_mode_so_its_command_reproduces_it(tmp_path):
     def run(filters, modes, rows):
         path = tmp_path / f"{filters[0]}.json"
