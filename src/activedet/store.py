@@ -764,6 +764,26 @@ def remove_dead_scratch() -> list[Path]:
     return removed
 
 
+def new_scratch_folder() -> Path:
+    """A fresh local scratch folder of this process, ``<tmp>/activedet-out-<pid>-<random>``.
+
+    The caller removes it; if this process is killed first (SIGKILL: no ``finally`` runs), the
+    next scratch folder anyone takes removes it (:func:`remove_dead_scratch`).
+    """
+    remove_dead_scratch()
+    return Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+
+
+@contextmanager
+def scratch_folder() -> Iterator[Path]:
+    """:func:`new_scratch_folder`, removed when the block ends."""
+    folder = new_scratch_folder()
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
 def _stale_staging(prefix: str) -> list[str]:
     """Staging prefixes of earlier (killed) writers of ``prefix`` that carry our marker."""
     parent, _, name = str(prefix).rstrip("/").rpartition("/")
@@ -829,8 +849,7 @@ class OutputWriter:
         write_json(join(self._staging, WRITING_MARKER), {"writer": "activedet", "output": self.prefix, "pid": os.getpid()})
         if self.resumable and not is_committed(self.prefix):
             write_json(join(self.prefix, WRITING_MARKER), {"writer": "activedet", "resumable": True})
-        remove_dead_scratch()
-        self._tmp = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-"))
+        self._tmp = new_scratch_folder()
         self._open = True
         return self
 

@@ -84,7 +84,13 @@ def _latest(out):
     return json.loads(open(path).read()) if os.path.exists(path) else None
 
 
-def test_two_ranks_resume_after_kill(small_ds, tmp_path):
+def test_two_ranks_resume_after_kill(small_ds, tmp_path, monkeypatch):
+    import tempfile
+
+    scratch = tmp_path / "tmp"  # the launcher's temp folder, to see what a SIGKILL leaves there
+    scratch.mkdir()
+    monkeypatch.setenv("TMPDIR", str(scratch))
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
     settings = {"iterations": 30, "batch_size": 2, "checkpoint_every": 3, "devices": 2, "lr": 0.01, "warmup_iters": 2,
                 "device": "cpu", "seed": 1}
     out = str(tmp_path / "teacher")
@@ -109,6 +115,8 @@ def test_two_ranks_resume_after_kill(small_ds, tmp_path):
     result = train_teacher.run(train_teacher.Config(dataset_uri=small_ds, output_uri=out, **settings))
     assert result.resumed_from == killed_at and result.iterations == settings["iterations"]
     assert store.is_committed(out) and not os.path.exists(os.path.join(out, "_resume"))
+    # the killed launcher's job folder went with the next launch (no finally ran to remove it)
+    assert not [p.name for p in scratch.iterdir() if p.name.startswith("activedet-")]
 
 
 def test_two_rank_student_trains_labeled_and_pseudo(small_ds, tmp_path):

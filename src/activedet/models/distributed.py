@@ -36,6 +36,7 @@ from typing import Any
 import torch
 
 from activedet.errors import ActivedetError, ConfigError
+from activedet.store import scratch_folder
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +115,6 @@ def launch(stage: str, config, *, nprocs: int, max_restarts: int = 0) -> Any:
     """
     import json
     import sys
-    import tempfile
 
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.launcher.api import LaunchConfig, elastic_launch
@@ -125,7 +125,8 @@ def launch(stage: str, config, *, nprocs: int, max_restarts: int = 0) -> Any:
         min_nodes=1, max_nodes=1, nproc_per_node=nprocs, run_id=f"activedet-{uuid.uuid4().hex[:8]}",
         rdzv_backend="c10d", rdzv_endpoint="localhost:0", max_restarts=max_restarts, monitor_interval=0.2,
     )
-    with tempfile.TemporaryDirectory(prefix="activedet-ddp-") as tmp:
+    # a store scratch folder, not a bare temp dir: if this launcher is SIGKILLed, the next one removes it
+    with scratch_folder() as tmp:
         job, result = os.path.join(tmp, "job.json"), os.path.join(tmp, "result.json")
         with open(job, "w") as f:
             json.dump({"stage": stage, "config": config.model_dump(mode="json"), "result": result}, f)
