@@ -92,7 +92,20 @@ def _le_table(le: dict) -> str:
     return _table(["pool", "paired difference", "pairs", *[f"{t} (95 % interval)" for _, t in QUANTITIES]], rows)
 
 
-def _le_plain(le: dict) -> str:
+def _not_run(le: dict) -> dict[str, list[str]]:
+    """Per pool of ``le``, the benchmark's strategies with no records there (in the benchmark's order;
+    the ablations of ``auto``, run where a question needed them, are not counted)."""
+    from label_efficiency import AUTO_ARMS, STRATEGIES
+
+    compared = [s for s in STRATEGIES if s == "auto" or s not in AUTO_ARMS]
+    ran: dict[str, set] = {}
+    for r in le["records"]:
+        ran.setdefault(r["pool"], set()).add(r["strategy"])
+    missing = {pool: [s for s in compared if s not in ran.get(pool, set())] for pool in le["settings"]["pools"]}
+    return {pool: names for pool, names in missing.items() if names}
+
+
+def _le_plain(le: dict, *, list_not_run: bool = True) -> str:
     rows = [r for r in le["comparisons"] if r["metric"] == "AP50"]
     label = {q: t for q, t in QUANTITIES}
     held = [f"{r['strategy']} beats random on {label[r['quantity']]} ({r['pool']})" for r in rows if r["verdict"] == "holds"]
@@ -103,6 +116,10 @@ def _le_plain(le: dict) -> str:
     few = [r for r in rows if r["verdict"].startswith("too few")]
     parts.append(f"{len(few)} of {len(rows)} comparisons have fewer than {MIN_PAIRS} paired seeds and settle nothing."
                  if few else "Everything else is undecided.")
+    missing = _not_run(le) if list_not_run else {}
+    if missing:
+        parts.append("Not run yet (so not in the table, nor among the fixed strategies `auto` is checked against): "
+                     + "; ".join(f"{pool}: {', '.join(names)}" for pool, names in missing.items()) + ".")
     chose: dict[tuple[str, str], set] = {}
     for c in le["curves"]:
         if c.get("auto_choices"):
@@ -143,7 +160,7 @@ def demo_sizes_section(le: dict | None, *, image_prefix: str) -> str:
     return "\n".join([
         "### Label efficiency at the demo's sizes", "",
         f"{commands}: the sizes and training of `configs/demo.yaml` (`make demo` runs one seed of this, on its own "
-        "generated frames). " + _le_settings(le), "", _le_table(le), "", _le_plain(le), "",
+        "generated frames). " + _le_settings(le), "", _le_table(le), "", _le_plain(le, list_not_run=False), "",
         f"![budget curves at the demo's sizes]({image_prefix}benchmarks/results/{le['plot']})", ""])
 
 

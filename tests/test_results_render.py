@@ -40,3 +40,15 @@ def test_paired_bootstrap_interval_and_verdicts():
     assert verdict(-3.0, -1.0, 5) == "reversed"
     assert verdict(1.0, 2.0, MIN_PAIRS - 1).startswith("too few seeds")  # a 3-seed bootstrap settles nothing
     assert all(math.isnan(x) for x in paired_bootstrap([]))
+
+
+def test_results_name_the_strategies_a_pool_has_not_run():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import render_results
+
+    records = [{"pool": "synth-diverse", "strategy": s} for s in ("random", "entropy", "auto", "auto-table6")]
+    le = {"settings": {"pools": ["synth-diverse"]}, "records": records}
+    missing = render_results._not_run(le)["synth-diverse"]
+    assert missing == ["random+ssl", "inconsistency", "unified", "coreset", "coreset+ssl", "unified+ssl"]  # ablations not owed
+    le["records"] += [{"pool": "synth-diverse", "strategy": s} for s in missing]
+    assert render_results._not_run(le) == {}
