@@ -25,9 +25,10 @@ For each pool, strategy and seed the budget curve gives AUC@B and metric@B at th
 and the labels needed to reach random's final metric (METHODS.md section 7); each strategy is
 compared with random by the mean paired difference over seeds and its 95 % bootstrap interval,
 and a claim holds only when the interval excludes zero with at least 5 seeds
-(:func:`activedet.al.budget.verdict`). Pairs are a seed on one machine (records carry the CPU
-model, or the GPU): another CPU's float kernels train another cycle-0 teacher, so records imported
-from a different machine pair only with that machine's runs.
+(:func:`activedet.al.budget.verdict`). Pairs are a seed on one machine (records carry the GPU, or
+the CPU's model name, family / model / stepping and vector ISA): another CPU's float kernels train
+another cycle-0 teacher, so records imported from a different machine pair only with that
+machine's runs, and a job whose cycle-0 teacher differs from the records of its own tag stops.
 
     .venv/bin/python benchmarks/label_efficiency.py --smoke          # seconds: CI runs it
     .venv/bin/python benchmarks/label_efficiency.py                  # defaults: see --help (hours on CPU)
@@ -268,6 +269,9 @@ class Job:
     done: list[str] = field(default_factory=list)
     #: the CPU (or GPU) the records are measured on: pairs never mix machines (float kernels differ)
     machine: str = ""
+    #: cycle-0 AP50 that earlier records of this pool, seed and machine hold (None: none yet): a
+    #: cycle-0 teacher that does not reproduce it stops the job, since its curves would not pair
+    cycle0_ap50: float | None = None
     timings: dict = field(default_factory=dict)
 
     def _record_time(self, stage: str, seconds: float | None) -> None:
@@ -314,6 +318,16 @@ class Job:
         progress(f"{self.pool} seed {self.seed}: cycle {cycle} {stage} {seconds:.1f} s")
         return payload
 
+    def check_cycle0(self, ap50: float) -> None:
+        """Refuse a cycle-0 teacher that differs from the one earlier records of this run key hold."""
+        if self.cycle0_ap50 is None:
+            self.cycle0_ap50 = ap50
+        elif abs(ap50 - self.cycle0_ap50) > 1e-6:
+            raise RuntimeError(
+                f"{self.pool} seed {self.seed}: the cycle-0 teacher gives AP50 {ap50:.4f} here but {self.cycle0_ap50:.4f} in "
+                f"the records tagged {self.machine!r}: another processor carries the same tag, so its curves cannot be "
+                "paired with these; re-run the baseline under a distinct machine tag")
+
     def run(self) -> list[dict]:
         from activedet.al import ledger as ledger_mod
         from activedet.data.dataset import load_dataset
@@ -349,6 +363,8 @@ class Job:
                     rec["auto_choice"] = choice
                     rec["auto_near_duplicate_share"] = share
                     rec["auto_model_ap50"] = quality
+                if cycle == 0 and not strategy.endswith("+ssl"):
+                    self.check_cycle0(rec["AP50"])
                 records.append(rec)
                 progress(f"{self.pool} seed {self.seed}: {strategy:13s} cycle {cycle}: {labeled:4d} labels "
                          f"AP50 {rec['AP50']:5.1f} AP {rec['AP']:5.1f}" + (f" (auto chose {choice})" if choice else ""))
@@ -559,10 +575,34 @@ def markdown(payload: dict) -> str:
 # --------------------------------------------------------------------------- main
 
 
-def machine_id() -> str:
-    """The processor records are tagged with (``run_key``): the GPU when there is one, else the CPU model."""
-    info = machine()
-    return info.get("cuda") or info.get("cpu_model") or "unknown"
+def machine_id(cpuinfo: str | None = None, capability: str | None = None) -> str:
+    """The processor records are tagged with (``run_key``): the GPU when there is one, else the CPU.
+
+    A CPU is its model name plus family / model / stepping and the vector ISA torch dispatches to
+    (``AVX2``, ``AVX512``): a hypervisor may name different hosts alike ("AMD EPYC" on a Zen 3 with
+    AVX2 and on another host trained different cycle-0 teachers of one seed), and the kernels, hence
+    the floats, follow the ISA. ``cpuinfo`` and ``capability`` default to this machine's.
+    """
+    import torch
+
+    if cpuinfo is None:
+        if torch.cuda.is_available():
+            return torch.cuda.get_device_name(0)
+        try:
+            cpuinfo = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            cpuinfo = ""
+    if capability is None:
+        capability = torch.backends.cpu.get_cpu_capability()
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, _, value = line.partition(":")
+        fields.setdefault(key.strip(), value.strip())  # the first processor's
+    name = fields.get("model name") or "unknown"
+    signature = " ".join(f"{k} {fields[k2]}" for k, k2 in (("family", "cpu family"), ("model", "model"),
+                                                            ("stepping", "stepping")) if fields.get(k2))
+    details = [x for x in (signature, capability) if x]
+    return f"{name} ({', '.join(details)})" if details else name
 
 
 def settings_of(args) -> dict:
@@ -625,6 +665,13 @@ def imported_payload(path: Path | None, args) -> dict:
     return payload
 
 
+def recorded_cycle0(records: list[dict], pool: str, seed: int, machine_id: str) -> float | None:
+    """The cycle-0 AP50 of ``pool`` and ``seed`` on this machine in ``records`` (non-SSL arms), or None."""
+    values = [r["AP50"] for r in records if r["pool"] == pool and r["cycle"] == 0 and run_key(r) == (seed, machine_id)
+              and not r["strategy"].endswith("+ssl")]
+    return values[0] if values else None
+
+
 def finished_strategies(records: list[dict], pool: str, seed: int, cycles: int, machine_id: str) -> list[str]:
     """Strategies with a record for every cycle of ``pool`` and ``seed`` on this machine."""
     seen: dict[str, set] = {}
@@ -651,7 +698,8 @@ def main(argv=None) -> dict:
     done += [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
     specs = [{"pool": p, "seed": s, "base": base_experiment(args, p, datasets[p], s), "work": str(args.work / p),
               "strategies": list(args.strategies), "threads": threads, "log": str(log_path),
-              "done": finished_strategies(done, p, s, args.cycles, here), "machine": here}
+              "done": finished_strategies(done, p, s, args.cycles, here), "machine": here,
+              "cycle0_ap50": recorded_cycle0(done, p, s, here)}
              for s in args.seeds for p in args.pools]
     timings: dict = {}
     jobs_done = [0]

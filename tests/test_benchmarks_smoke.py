@@ -237,3 +237,28 @@ def test_label_efficiency_pairs_curves_only_on_the_same_machine():
     assert rows[("entropy", "final")]["mean"] == 10 and rows[("entropy", "final")]["seeds"] == 1
     assert ("auto", "final") not in rows  # no random run on cpu-b: nothing to pair with
     assert le.cycle0_spread(recs) == 0.0  # 40 vs 41 are different machines' teachers, not a reproduction failure
+
+
+def test_label_efficiency_tells_apart_cpus_that_share_a_model_name():
+    zen3 = "processor\t: 0\nvendor_id\t: AuthenticAMD\ncpu family\t: 25\nmodel\t\t: 1\nmodel name\t: AMD EPYC\nstepping\t: 1\n"
+    zen4 = zen3.replace("cpu family\t: 25\nmodel\t\t: 1", "cpu family\t: 25\nmodel\t\t: 17")
+    assert le.machine_id(zen3, "AVX2") == "AMD EPYC (family 25 model 1 stepping 1, AVX2)"
+    # a hypervisor names both hosts "AMD EPYC": the tag still differs, so their curves never pair
+    assert le.machine_id(zen4, "AVX2") != le.machine_id(zen3, "AVX2")
+    assert le.machine_id(zen3, "AVX512") != le.machine_id(zen3, "AVX2")
+    assert le.machine_id("", "") == "unknown"
+
+
+def test_label_efficiency_stops_a_job_whose_cycle0_teacher_differs_from_the_records_of_its_tag():
+    recs = [{"pool": "p", "seed": 0, "machine": "cpu-a", "strategy": s, "cycle": c, "AP50": ap}
+            for s, ap in (("random+ssl", 12.0), ("random", 57.65)) for c in (0, 1)]
+    assert le.recorded_cycle0(recs, "p", 0, "cpu-a") == 57.65  # the student's cycle-0 figure is another model's
+    assert le.recorded_cycle0(recs, "p", 0, "cpu-b") is None and le.recorded_cycle0(recs, "p", 1, "cpu-a") is None
+    job = le.Job(pool="p", seed=0, base={}, work="w", strategies=[], machine="cpu-a", cycle0_ap50=57.65)
+    job.check_cycle0(57.65)  # reproduced: fine
+    with pytest.raises(RuntimeError, match="cycle-0 teacher gives AP50 60.1000 here but 57.6500"):
+        job.check_cycle0(60.1)
+    first = le.Job(pool="p", seed=0, base={}, work="w", strategies=[], machine="cpu-c")
+    first.check_cycle0(60.1)  # nothing recorded yet: the first arm sets what the later arms of the job must reproduce
+    with pytest.raises(RuntimeError):
+        first.check_cycle0(60.2)
