@@ -50,6 +50,7 @@ import json
 import logging
 import multiprocessing as mp
 import os
+import signal
 import sys
 import time
 from dataclasses import dataclass, field
@@ -373,6 +374,11 @@ class Job:
                 with open(self.log, "a") as fh:
                     fh.write("".join(json.dumps(r) + "\n" for r in records if r["strategy"] == strategy))
         return records
+
+
+def _exit_on_sigterm(signum, frame) -> None:
+    """SIGTERM as SystemExit, so the worker pool's ``with`` block terminates its workers."""
+    raise SystemExit(128 + signum)
 
 
 def _job_main(spec: dict) -> dict:
@@ -717,6 +723,9 @@ def main(argv=None) -> dict:
                  f"{60 * jobs_done[0] / max(elapsed, 1e-9):.2f} jobs/min, ETA {eta / 60:.0f} min")
 
     if args.workers > 1 and len(specs) > 1:
+        # SIGTERM (kill, a scheduler's stop) must end the workers too: left running they would go on
+        # appending records -- under whatever machine tag this invocation had -- after it is gone
+        signal.signal(signal.SIGTERM, _exit_on_sigterm)
         with mp.get_context("spawn").Pool(min(args.workers, len(specs)), maxtasksperchild=1) as pool:
             for res in pool.imap_unordered(_job_main, specs):
                 collect(res)

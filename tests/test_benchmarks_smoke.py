@@ -262,3 +262,42 @@ def test_label_efficiency_stops_a_job_whose_cycle0_teacher_differs_from_the_reco
     first.check_cycle0(60.1)  # nothing recorded yet: the first arm sets what the later arms of the job must reproduce
     with pytest.raises(RuntimeError):
         first.check_cycle0(60.2)
+
+
+def _children(pid: int) -> set[int]:
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads /proc")
+def test_label_efficiency_killed_with_sigterm_takes_its_workers_with_it(tmp_path):
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen([sys.executable, str(Path(le.__file__)), "--smoke", "--pools", "synth-redundant", "synth-diverse",
+                             "--strategies", "random", "--workers", "2", "--work", str(tmp_path / "work"),
+                             "--out", str(tmp_path / "out")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    workers: set[int] = set()
+    deadline = time.monotonic() + 300
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        workers = {c for c in _children(proc.pid) if "spawn_main" in Path(f"/proc/{c}/cmdline").read_text(errors="ignore")}
+        time.sleep(0.2)
+    assert len(workers) == 2, proc.communicate()[0][-2000:]
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    deadline = time.monotonic() + 30
+    while any(Path(f"/proc/{w}").exists() and "spawn_main" in Path(f"/proc/{w}/cmdline").read_text(errors="ignore")
+              for w in workers) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    alive = [w for w in workers if Path(f"/proc/{w}").exists()
+             and "spawn_main" in Path(f"/proc/{w}/cmdline").read_text(errors="ignore")]
+    assert not alive  # before: the workers ran on, orphaned, appending records
+    assert proc.returncode != 0 and not (tmp_path / "out").exists()
