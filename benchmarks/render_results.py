@@ -76,7 +76,15 @@ def _le_settings(le: dict) -> str:
         f"X+ssl adds the offline student ({s['student_iters']} iterations from that cycle's teacher on `{s['pl_filter']}` "
         f"pseudo-labels {s['pl_params']}), which then is the cycle's model: evaluated and scoring the pool. "
         "Every stage runs the config its `from_experiment` builds from the experiment (the product's defaults), in-process."
+        + _le_machines(le)
     )
+
+
+def _le_machines(le: dict) -> str:
+    """Which processors the records come from: a pair is one seed on one of them."""
+    machines = sorted({r.get("machine") or "untagged" for r in le["records"]})
+    return (f" A pair is one seed on one processor (another CPU trains another cycle-0 teacher); the records come from "
+            f"{len(machines)}: " + "; ".join(f"`{m}`" for m in machines) + ".")
 
 
 def _le_table(le: dict) -> str:

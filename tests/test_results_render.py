@@ -52,3 +52,12 @@ def test_results_name_the_strategies_a_pool_has_not_run():
     assert missing == ["random+ssl", "inconsistency", "unified", "coreset", "coreset+ssl", "unified+ssl"]  # ablations not owed
     le["records"] += [{"pool": "synth-diverse", "strategy": s} for s in missing]
     assert render_results._not_run(le) == {}
+
+
+def test_label_efficiency_settings_name_every_processor_the_pairs_come_from():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import render_results
+
+    records = [{"machine": "AMD EPYC"}, {"machine": "AMD EPYC (family 25 model 1 stepping 1, AVX2)"}, {"machine": "AMD EPYC"}, {}]
+    text = render_results._le_machines({"records": records})
+    assert "come from 3: `AMD EPYC`; `AMD EPYC (family 25 model 1 stepping 1, AVX2)`; `untagged`." in text
