@@ -725,10 +725,13 @@ def main(argv=None) -> dict:
     if args.workers > 1 and len(specs) > 1:
         # SIGTERM (kill, a scheduler's stop) must end the workers too: left running they would go on
         # appending records -- under whatever machine tag this invocation had -- after it is gone
-        signal.signal(signal.SIGTERM, _exit_on_sigterm)
-        with mp.get_context("spawn").Pool(min(args.workers, len(specs)), maxtasksperchild=1) as pool:
-            for res in pool.imap_unordered(_job_main, specs):
-                collect(res)
+        previous = signal.signal(signal.SIGTERM, _exit_on_sigterm)
+        try:
+            with mp.get_context("spawn").Pool(min(args.workers, len(specs)), maxtasksperchild=1) as pool:
+                for res in pool.imap_unordered(_job_main, specs):
+                    collect(res)
+        finally:
+            signal.signal(signal.SIGTERM, previous)  # main() may run inside a longer process (tests)
     else:
         for spec in specs:
             collect(_job_main(dict(spec)))
